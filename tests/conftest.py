@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RAYSCALE_SHARED", ROOT.parent / "shared"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, read in place; skips the test when it is not there."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs ../shared data: {p} is absent")
+    return p
+
+
+def golden(name: str) -> dict:
+    return torch.load(shared_path("golden", name), map_location="cpu", weights_only=True)
+
+
+def assert_close_to_golden(out, ref, tol):
+    """Compare tensors / lists / dicts of tensors with the golden tolerance."""
+    if isinstance(ref, dict):
+        for k in ref:
+            assert_close_to_golden(out[k], ref[k], tol)
+    elif isinstance(ref, (list, tuple)):
+        assert len(out) == len(ref)
+        for o, r in zip(out, ref):
+            assert_close_to_golden(o, r, tol)
+    else:
+        assert out.shape == ref.shape, (out.shape, ref.shape)
+        err = (out.float() - ref.float()).abs().max().item()
+        assert torch.allclose(out.float(), ref.float(), rtol=tol["rtol"], atol=tol["atol"]), f"max abs err {err}"

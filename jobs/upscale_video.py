@@ -1,0 +1,99 @@
+"""Upscale a video on Ray: embedded local Ray by default, an existing cluster with --address,
+and unchanged under `ray job submit --working-dir . -- python jobs/upscale_video.py ...`.
+
+    python jobs/upscale_video.py in.mp4 out.mp4 --model bicubic --scale 2
+    python jobs/upscale_video.py in.mp4 out.mp4 --model rdn --weights RDN_x2.pth --scale 2 --tile 256
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from jobs.common import add_ray_args, connect_ray, default_model, describe_models, exit_on_input_error  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", help="source video (anything FFmpeg reads)")
+    ap.add_argument("output", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
+    ap.add_argument("--model", default=None,
+                    help="bicubic, lanczos, a shipped model (rayscale-x2, rayscale-x4), an architecture name "
+                         "with --weights, or a checkpoint path (default: the shipped model for --scale)")
+    ap.add_argument("--weights", default=None, help="checkpoint file for --model")
+    ap.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
+    g = ap.add_argument_group("encoding")
+    g.add_argument("--encoder", default="libx264",
+                   help="libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc (where present)")
+    g.add_argument("--crf", type=int, default=18, help="quality (CRF, or CQ for NVENC)")
+    g.add_argument("--preset", default=None, help="encoder preset (e.g. medium, slow, p5)")
+    g.add_argument("--pix-fmt", default=None, help="output pixel format (default: the source's)")
+    g = ap.add_argument_group("compute")
+    g.add_argument("--batch-size", type=int, default=4, help="frames per batch")
+    g.add_argument("--tile", type=int, default=0, help="process frames in tiles of this many input pixels (0: whole)")
+    g.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
+    g.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
+    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1 if Ray sees GPUs)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor (default: cores / actors)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="fp16/bf16 on GPU; bf16 also on CPU")
+    g = ap.add_argument_group("range and recovery")
+    g.add_argument("--start", type=float, default=None, help="start time in seconds")
+    g.add_argument("--end", type=float, default=None, help="end time in seconds")
+    g.add_argument("--segment-frames", type=int, default=48, help="minimum frames per segment (segments start at keyframes)")
+    g.add_argument("--resume", action="store_true", help="reuse finished segments of an interrupted run")
+    g.add_argument("--keep-work", action="store_true", help="keep the per-segment files and manifest (OUTPUT.parts/)")
+    g.add_argument("--no-progress", action="store_true")
+    add_ray_args(ap)
+    return ap.parse_args(argv)
+
+
+@exit_on_input_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from operators.upscale import INTERPOLATORS, Upscaler
+    from pipeline.video import StageSpec, VideoJob, run
+    from pipeline.encode import EncodeSettings
+
+    model = args.model or default_model(args.scale)
+    connect_ray(args)
+    import ray
+    gpus = args.gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
+    threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // args.actors))
+    factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale,
+                                device="cuda" if gpus else "cpu", precision=args.precision,
+                                tile=args.tile, tile_overlap=args.tile_overlap)
+    weights_id = ""
+    if args.weights:
+        st = os.stat(args.weights)
+        weights_id = f"{os.path.abspath(args.weights)}:{st.st_size}:{st.st_mtime}"
+    stage = StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
+                      identity=f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:{args.tile_overlap}")
+    job = VideoJob(args.input, args.output, [stage],
+                   encode=EncodeSettings(args.encoder, args.crf, args.preset, args.pix_fmt),
+                   batch_size=args.batch_size, segment_frames=args.segment_frames,
+                   start=args.start, end=args.end, resume=args.resume, keep_work=args.keep_work,
+                   progress=not args.no_progress)
+    try:
+        summary = run(job)
+    except KeyboardInterrupt:
+        return 130
+    for line in summary.lines():
+        print(line)
+    if summary.failed:
+        print(f"{args.output}: not written: {len(summary.failed)} segment(s) failed; fix the cause and rerun "
+              f"with --resume to keep the finished ones", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Upscale frame batches with a registered network or a classic interpolator.
+
+The model's spec decides value range, channel order and mean, so a batch of uint8 or uint16 RGB
+frames goes in and the same type comes out at `scale` x the size."""
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import models
+from models.spec import ModelSpec
+
+from .tiling import tiled
+
+INTERPOLATORS = {"bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class UnsupportedScale(ValueError):
+    pass
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Upscaler:
+    def __init__(self, model: str, weights: str | None = None, scale: int | None = None,
+                 device: str | None = "auto", precision: str = "fp32", tile: int = 0,
+                 tile_overlap: int = 16):
+        self.model_name = model
+        self.tile, self.tile_overlap = tile, tile_overlap
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self.dtype = PRECISIONS[precision]
+        if model in INTERPOLATORS:
+            if not scale:
+                raise UnsupportedScale(f"{model} needs --scale")
+            self.net, self.spec = None, ModelSpec(arch=model, variant=model, scale=int(scale))
+            return
+        net, spec = models.load(model, weights=weights, scale=scale)
+        if spec.extra_inputs:
+            raise ValueError(f"{model} needs {', '.join(spec.extra_inputs)} inputs; use its own operator")
+        if spec.output not in ("image", "residual") or spec.scale < 1:
+            raise ValueError(f"{model} is not an image-to-image upscaler")
+        self.spec = spec
+        self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
+
+    @property
+    def scale(self) -> int:
+        return self.spec.scale
+
+    def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
+        frames = batch["frames"]
+        if len(frames) == 0:
+            up = np.zeros((0, frames.shape[1] * self.scale, frames.shape[2] * self.scale, 3), frames.dtype)
+        elif self.net is None:
+            flag = INTERPOLATORS[self.model_name]
+            up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
+        else:
+            up = self._network(frames)
+        out = dict(batch)
+        out["frames"] = up
+        timings = dict(batch.get("timings", {}))
+        timings["model"] = timings.get("model", 0.0) + time.perf_counter() - t0
+        out["timings"] = timings
+        return out
+
+    @torch.inference_mode()
+    def _network(self, frames: np.ndarray) -> np.ndarray:
+        spec = self.spec
+        peak = 255.0 if frames.dtype == np.uint8 else 65535.0
+        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float() / peak
+        out = tiled(lambda t: self._forward(t), x, spec.scale, self.tile, self.tile_overlap, spec.size_multiple)
+        out = (out.clamp(0, 1) * peak).round()
+        return out.permute(0, 2, 3, 1).to("cpu", torch.float32).numpy().astype(frames.dtype)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float RGB in [0, 1] (N,3,h,w) -> RGB in [0, 1] at scale x."""
+        spec = self.spec
+        h, w = x.shape[-2:]
+        m = spec.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        inp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+        if spec.channel_order == "BGR":
+            inp = inp.flip(1)
+        inp = inp * spec.input_range
+        if spec.mean is not None:
+            inp = inp - torch.tensor(spec.mean, device=inp.device).view(1, -1, 1, 1)
+        inp = inp.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        y = self.net(inp).float()
+        if spec.mean is not None:
+            y = y + torch.tensor(spec.mean, device=y.device).view(1, -1, 1, 1)
+        y = y / spec.input_range
+        if spec.channel_order == "BGR":
+            y = y.flip(1)
+        y = y[..., : h * spec.scale, : w * spec.scale]
+        if spec.output == "residual":
+            y = y + F.interpolate(x, scale_factor=spec.scale, mode="bicubic", align_corners=False)
+        return y

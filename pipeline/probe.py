@@ -1,0 +1,114 @@
+"""Read what a video holds without decoding it all: streams, frame timestamps, keyframes.
+
+The frame list comes from demuxing packets only (cheap), so segments can be planned exactly and
+every decoded frame can be checked against it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    format_name: str
+    stream_index: int
+    codec: str
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    time_base: Fraction
+    average_rate: Fraction | None
+    pts: np.ndarray                 # int64, sorted presentation timestamps of every frame
+    keyframe_pts: np.ndarray        # int64, sorted
+    rotation: int = 0
+    color_range: int = 0
+    colorspace: int = 2
+    color_primaries: int = 2
+    color_trc: int = 2
+    sample_aspect_ratio: Fraction | None = None
+    other_streams: list[dict] = field(default_factory=list)   # audio / subtitle / data
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.pts)
+
+    def seconds(self, pts) -> float:
+        return float(pts * self.time_base)
+
+
+def _fail(path, reason: str):
+    raise InputError(f"{path}: {reason}")
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    path = str(path)
+    p = Path(path)
+    if not p.exists():
+        _fail(path, "no such file")
+    if p.is_dir():
+        _fail(path, "is a directory, not a video file")
+    if p.stat().st_size == 0:
+        _fail(path, "empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:
+        _fail(path, f"not a readable media file ({e.strerror or type(e).__name__})")
+    with container:
+        videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+        if not videos:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            _fail(path, f"no video stream (has: {', '.join(kinds)})")
+        vs = videos[0]
+        if vs.codec_context is None or vs.codec_context.codec is None:
+            _fail(path, "unsupported video codec")
+        pts, keys = [], []
+        try:
+            for packet in container.demux(vs):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except av.error.FFmpegError as e:
+            if not pts:
+                _fail(path, f"corrupt or truncated video ({e.strerror or type(e).__name__})")
+        if not pts:
+            _fail(path, "no video frames (truncated or empty stream)")
+        first = _first_frame(container, vs, path)
+        bit_depth = max((c.bits for c in first.format.components), default=8)
+        info = VideoInfo(
+            path=path, format_name=container.format.name, stream_index=vs.index,
+            codec=vs.codec_context.name, width=first.width, height=first.height,
+            pix_fmt=first.format.name, bit_depth=bit_depth, time_base=vs.time_base,
+            average_rate=vs.average_rate,
+            pts=np.unique(np.asarray(pts, dtype=np.int64)),
+            keyframe_pts=np.unique(np.asarray(keys or pts[:1], dtype=np.int64)),
+            rotation=int(round(first.rotation or 0)),
+            color_range=int(first.color_range), colorspace=int(first.colorspace),
+            color_primaries=int(first.color_primaries), color_trc=int(first.color_trc),
+            sample_aspect_ratio=vs.sample_aspect_ratio,
+            other_streams=[{"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None}
+                           for s in container.streams if s.type in ("audio", "subtitle")],
+            metadata=dict(container.metadata),
+        )
+    return info
+
+
+def _first_frame(container, vs, path):
+    container.seek(0, stream=vs) if vs.start_time is None else container.seek(vs.start_time, stream=vs)
+    try:
+        for frame in container.decode(vs):
+            return frame
+    except av.error.FFmpegError as e:
+        _fail(path, f"video stream cannot be decoded ({e.strerror or type(e).__name__})")
+    _fail(path, "video stream has no decodable frame (corrupt or truncated)")

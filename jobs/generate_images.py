@@ -1,4 +1,5 @@
-"""Generate one 256x256 PNG per caption line with AttnGAN, optionally upscaled by an SR model.
+"""Generate one PNG per caption line with AttnGAN (256x256 with the published 3-branch generators),
+optionally upscaled by an SR model.
 
     python -m jobs.generate_images CAPTIONS.txt OUTDIR --generator bird_AttnGAN2.pth \\
         --text-encoder text_encoder200.pth --vocab vocab.json [--seed 100] \\
@@ -126,7 +127,7 @@ def upscale(frames: np.ndarray, numbers: list[int], args) -> np.ndarray:
         raise InputError(f"--upscale needs operators.upscale, which cannot be imported: {e}") from None
     try:
         up = Upscaler(args.upscale, weights=args.weights, scale=args.scale, device=args.device)
-    except (models.CheckpointError, models.UnknownCheckpoint) as e:
+    except (ValueError, OSError) as e:  # CheckpointError / UnknownCheckpoint are ValueErrors
         raise InputError(f"{args.weights or args.upscale}: {e}") from None
     out = up({"frames": frames, "index": np.asarray(numbers, dtype=np.int64)})
     return np.asarray(out["frames"])

@@ -19,7 +19,7 @@ from .spec import Architecture, ModelSpec, StateDict, UnknownCheckpoint
 
 # One module per architecture family; order = detection priority (most specific first).
 _ARCH_MODULES = ("srmd", "rdn", "dbpn", "sftgan", "outdoorsceneseg", "fsrnet", "superfan",
-                 "dsrn", "attngan", "zssr")
+                 "dsrn", "attngan", "zssr", "rayscale")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
 __all__ = ["load", "detect", "architectures", "ModelSpec", "Detected", "CheckpointError",

@@ -114,7 +114,8 @@ def test_widths_read_off_shapes():
                dict(base_filter=6, feat=4, stages=7, res_blocks=0, res_kernel=3)):
         net = DBPN(2, **kw)
         _, spec = models.build(net.state_dict())
-        assert spec.hyperparams == net.hyperparams
+        assert {k: spec.hyperparams[k] for k in net.hyperparams} == net.hyperparams
+        assert ("residual_base" in spec.hyperparams) == bool(kw.get("passes"))
     # widths swap roles in dbpn_resnet (stem = base_filter, projections = feat)
     net = DBPN(2, base_filter=6, feat=4, stages=7, res_blocks=1)
     assert net.feat0.conv.out_channels == 6 and net.up1.up_conv1.deconv.in_channels == 4
@@ -218,6 +219,6 @@ def test_bicubic_upscale():
     torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-3)   # on the 8-bit grid
     assert float(up.min()) >= 0 and float(up.max()) <= 1                     # clipped like PIL
     assert (levels - torch.from_numpy(_PIL_X2).float()).abs().max() <= 2
-    smooth = torch.linspace(0, 1, 48).reshape(1, 1, 6, 8)
+    smooth = torch.linspace(0.2, 0.8, 48).reshape(1, 1, 6, 8)
     torch.testing.assert_close(bicubic_upscale(smooth, 4), bicubic_upscale(smooth, 4, pil_exact=False),
                                rtol=0, atol=2.5 / 255)

@@ -3,7 +3,6 @@
 Batches travel between them as object refs; the driver only routes refs and counts frames."""
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Callable
 
@@ -11,8 +10,6 @@ import ray
 
 from .decode import decode_segment
 from .encode import EncodeSettings, SegmentWriter, StreamParams
-
-FAULT_ENV = "RAYSCALE_FAULT_KILL"   # "N:/marker": an operator actor kills itself on batch N once
 
 
 @ray.remote(num_cpus=0)
@@ -29,7 +26,6 @@ class OperatorActor:
         if threads:
             torch.set_num_threads(threads)
         self.error = None
-        self.calls = 0
         try:
             self.op = factory()
         except Exception as e:  # reported by describe(): a one-line reason, not a traceback
@@ -41,13 +37,6 @@ class OperatorActor:
         return {"scale": self.op.scale, "device": str(getattr(self.op, "device", "cpu"))}
 
     def process(self, batch: dict) -> dict:
-        self.calls += 1
-        fault = os.environ.get(FAULT_ENV)
-        if fault:
-            n, marker = fault.split(":", 1)
-            if self.calls == int(n) and os.path.exists(marker):
-                os.remove(marker)
-                os._exit(1)
         return self.op(batch)
 
 

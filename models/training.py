@@ -215,7 +215,9 @@ class Trainer:
         self.net.train()
         with self._autocast():
             if self.custom_loss is not None:
-                loss = self.custom_loss(self.net, lr, hr)
+                loss = self.custom_loss(self.net, lr, hr)   # the family's own objective, its own input convention
+                if isinstance(loss, tuple):                  # (loss, logs) as dsrn/fsrnet/superfan return
+                    loss = loss[0]
             else:
                 loss = F.l1_loss(self.run(lr).float(), hr)
         self.opt.zero_grad(set_to_none=True)

@@ -171,3 +171,17 @@ def test_shipped_x2_beats_bicubic_without_shared():
     with torch.no_grad():
         sr = net(lr[None])[0]
     assert psnr_y(sr, hr, 2) > psnr_y(imresize(lr, 2.0), hr, 2) + 0.5
+
+
+def test_arch_training_loss_hook_is_used(monkeypatch):
+    calls = []
+
+    def loss(net, lr, hr):
+        calls.append((lr.shape, hr.shape))
+        return net(lr).sub(hr).pow(2).mean(), {"note": 1.0}     # (loss, logs) like dsrn's
+
+    monkeypatch.setattr(rayscale, "training_loss", loss, raising=False)
+    net, spec = rayscale.build(channels=4, n_blocks=1, scale=2)
+    tr = Trainer(net, spec, total_steps=2, amp=False)
+    v = tr.train_step(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16))
+    assert calls == [((2, 3, 8, 8), (2, 3, 16, 16))] and v > 0 and tr.step == 1

@@ -3,6 +3,7 @@ and unchanged under `ray job submit --working-dir . -- python jobs/upscale_video
 
     python jobs/upscale_video.py in.mp4 out.mp4 --model bicubic --scale 2
     python jobs/upscale_video.py in.mp4 out.mp4 --model rdn --weights RDN_x2.pth --scale 2 --tile 256
+    python jobs/upscale_video.py in.mp4 out.mp4 --model zssr --budget 300 --scale 2
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "with --weights, or a checkpoint path (default: the shipped model for --scale)")
     ap.add_argument("--weights", default=None, help="checkpoint file for --model")
     ap.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
+    g = ap.add_argument_group("zssr (--model zssr: one net trained per shot on the video itself)")
+    g.add_argument("--budget", default="300",
+                   help="training per shot: iterations per scale step (e.g. 300) or seconds with an s suffix (e.g. 60s)")
+    g.add_argument("--zssr-frames-per-shot", type=int, default=3, help="frames of each shot to train on")
+    g.add_argument("--zssr-ensemble", action="store_true",
+                   help="8-way self-ensemble at test time (8x slower per frame; off for video by default)")
+    g.add_argument("--zssr-cut-threshold", type=float, default=0.3, help="scene-cut histogram distance (0-1)")
     g = ap.add_argument_group("encoding")
     g.add_argument("--encoder", default="libx264",
                    help="libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc (where present)")
@@ -67,15 +75,19 @@ def main(argv=None) -> int:
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
     threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // args.actors))
-    factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale,
-                                device="cuda" if gpus else "cpu", precision=args.precision,
-                                tile=args.tile, tile_overlap=args.tile_overlap)
-    weights_id = ""
-    if args.weights:
-        st = os.stat(args.weights)
-        weights_id = f"{os.path.abspath(args.weights)}:{st.st_size}:{st.st_mtime}"
+    if model == "zssr":
+        factory, identity = _zssr_factory(args, "cuda" if gpus else "cpu", gpus)
+    else:
+        factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale,
+                                    device="cuda" if gpus else "cpu", precision=args.precision,
+                                    tile=args.tile, tile_overlap=args.tile_overlap)
+        weights_id = ""
+        if args.weights:
+            st = os.stat(args.weights)
+            weights_id = f"{os.path.abspath(args.weights)}:{st.st_size}:{st.st_mtime}"
+        identity = f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:{args.tile_overlap}"
     stage = StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
-                      identity=f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:{args.tile_overlap}")
+                      identity=identity)
     job = VideoJob(args.input, args.output, [stage],
                    encode=EncodeSettings(args.encoder, args.crf, args.preset, args.pix_fmt),
                    batch_size=args.batch_size, segment_frames=args.segment_frames,
@@ -93,6 +105,37 @@ def main(argv=None) -> int:
         return 1
     print(f"wrote {args.output}")
     return 0
+
+
+def _zssr_factory(args, device: str, gpus: float):
+    """Find the shots of the selected range, start one training task per shot, return the stage factory."""
+    import numpy as np
+    from operators.zssr import ZSSRUpscaler, launch_training, parse_budget
+    from pipeline.errors import InputError
+    from pipeline.probe import probe
+    from pipeline.shots import detect_shots
+    from pipeline.video import _to_pts
+    try:
+        max_iters, max_seconds = parse_budget(args.budget)
+    except ValueError as e:
+        raise InputError(f"--budget: {e}") from None
+    scale = args.scale or 2
+    info = probe(args.input)
+    lo = 0 if args.start is None else int(np.searchsorted(info.pts, _to_pts(args.start, info)))
+    hi = info.frame_count if args.end is None else int(np.searchsorted(info.pts, _to_pts(args.end, info)))
+    shots = [(max(a, lo), min(b, hi - 1)) for a, b in detect_shots(args.input, info, args.zssr_cut_threshold)
+             if b >= lo and a < hi]
+    if not shots:
+        raise InputError(f"{args.input}: no frames in the selected time range")
+    print(f"zssr: {len(shots)} shot(s), training {args.zssr_frames_per_shot} frame(s) each, budget {args.budget}",
+          file=sys.stderr)
+    refs = launch_training(info, shots, scale, args.zssr_frames_per_shot, max_iters, max_seconds,
+                           device=device, num_gpus=min(gpus, 1) if gpus else 0)
+    factory = functools.partial(ZSSRUpscaler, scale, shots, refs, ensemble=args.zssr_ensemble, device=device,
+                                tile=args.tile or 512)
+    identity = (f"zssr:{scale}:{args.budget}:{args.zssr_frames_per_shot}:{args.zssr_ensemble}:"
+                f"{args.zssr_cut_threshold}:{shots}")
+    return factory, identity
 
 
 if __name__ == "__main__":

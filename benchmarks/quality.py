@@ -1,0 +1,239 @@
+"""PSNR/SSIM on Set5, Set14 and BSD100 at x2/x3/x4, beside the numbers the papers publish.
+
+Convention of the SR papers (RDN's `Evaluate_PSNR_SSIM.m`, SelfExSR): LR = `<Set>/LR_bicubic/X<s>/`
+(MATLAB imresize of the HR cropped top-left to a multiple of s), HR = `HR[:s*h, :s*w]`; outputs
+quantised to uint8; metrics on the Y channel of MATLAB `rgb2ycbcr` (BT.601, 16..235, kept as float)
+after shaving `s` pixels at every border; SSIM = Wang et al.'s ssim_index (11x11 Gaussian, sigma 1.5,
+K = 0.01/0.03, L = 255, 'valid' window positions only).
+
+Methods measured: bicubic (MATLAB imresize), the shipped defaults `rayscale-x2`/`rayscale-x4` (a row
+is skipped when its weight file is absent; x3 has no shipped model), and ZSSR trained on each test
+image with the stated budget on the first `--zssr-images` images of each set (CPU: a small budget;
+its bicubic on the same images is printed beside it).
+
+    python benchmarks/quality.py                                    # all sets/scales, ZSSR 200 it x 2 images
+    python benchmarks/quality.py --sets Set5 --scales 2 --limit 5   # a quick run
+    python benchmarks/quality.py --zssr-budget 30s --zssr-images 5
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+SHARED = Path(os.environ.get("RAYSCALE_SHARED", ROOT.parent / "shared"))
+SETS = ("Set5", "Set14", "BSD100")
+
+# Published PSNR/SSIM (Y channel, shaved), method -> (set, scale) -> (psnr, ssim, verified).
+#   bicubic PSNR: /work/shared/data/README.md (SelfExSR README); SSIM: as printed in RDN/VDSR-era tables.
+#   RDN, ZSSR: /work/shared/MODELS.md (RDN Figs/PSNR_SSIM_BI.png; ZSSR paper Table 1, marked unverified there).
+#   SRCNN (9-5-5, TPAMI 2016) x2 values checked against a third-party reprint of the table (researching.cn);
+#   SRCNN x3/x4 and FSRCNN (ECCV 2016) are the values commonly reprinted (VDSR/LapSRN tables), not checked
+#   against the papers here -> verified=False, shown with '*'.
+PUBLISHED = {
+    "bicubic": {("Set5", 2): (33.64, None, True), ("Set5", 3): (30.39, None, True), ("Set5", 4): (28.42, None, True),
+                ("Set14", 2): (30.22, None, True), ("Set14", 3): (27.53, None, True), ("Set14", 4): (25.99, None, True),
+                ("BSD100", 2): (29.55, None, True), ("BSD100", 3): (27.20, None, True), ("BSD100", 4): (25.96, None, True)},
+    "SRCNN": {("Set5", 2): (36.66, 0.9542, True), ("Set5", 3): (32.75, 0.9090, False), ("Set5", 4): (30.48, 0.8628, False),
+              ("Set14", 2): (32.43, 0.9063, True), ("Set14", 3): (29.28, 0.8209, False), ("Set14", 4): (27.49, 0.7503, False),
+              ("BSD100", 2): (31.36, 0.8879, True), ("BSD100", 3): (28.41, 0.7863, False), ("BSD100", 4): (26.90, 0.7101, False)},
+    "FSRCNN": {("Set5", 2): (37.00, 0.9558, False), ("Set5", 3): (33.16, 0.9140, False), ("Set5", 4): (30.71, 0.8657, False),
+               ("Set14", 2): (32.63, 0.9088, False), ("Set14", 3): (29.43, 0.8242, False), ("Set14", 4): (27.59, 0.7535, False),
+               ("BSD100", 2): (31.53, 0.8920, False), ("BSD100", 3): (28.53, 0.7910, False), ("BSD100", 4): (26.98, 0.7150, False)},
+    "ZSSR": {("Set5", 2): (37.37, 0.9570, False), ("Set5", 3): (33.42, 0.9188, False), ("Set5", 4): (31.13, 0.8796, False),
+             ("Set14", 2): (33.00, 0.9108, False), ("Set14", 3): (29.80, 0.8304, False), ("Set14", 4): (28.01, 0.7651, False),
+             ("BSD100", 2): (31.65, 0.8920, False), ("BSD100", 3): (28.67, 0.7945, False), ("BSD100", 4): (27.12, 0.7211, False)},
+    "RDN": {("Set5", 2): (38.24, 0.9614, True), ("Set5", 3): (34.71, 0.9296, True), ("Set5", 4): (32.47, 0.8990, True),
+            ("Set14", 2): (34.01, 0.9212, True), ("Set14", 3): (30.57, 0.8468, True), ("Set14", 4): (28.81, 0.7871, True),
+            ("BSD100", 2): (32.34, 0.9017, True), ("BSD100", 3): (29.26, 0.8093, True), ("BSD100", 4): (27.72, 0.7419, True)},
+}
+
+
+# ------------------------------------------------------------------------------ metrics
+
+def rgb2y(img: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2ycbcr's Y (BT.601, 16..235) of uint8 RGB, as float64 (grey images: the image)."""
+    x = np.asarray(img, np.float64)
+    if x.ndim == 2:
+        return x
+    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+
+
+def _shave(a: np.ndarray, s: int) -> np.ndarray:
+    return a[s:-s, s:-s] if s > 0 else a
+
+
+def psnr(a: np.ndarray, b: np.ndarray, shave: int = 0, peak: float = 255.0) -> float:
+    """PSNR of two float/uint8 images (any channels), borders of `shave` px dropped."""
+    d = _shave(np.asarray(a, np.float64), shave) - _shave(np.asarray(b, np.float64), shave)
+    mse = float(np.mean(d ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0, peak: float = 255.0) -> float:
+    """Wang et al. SSIM of two single-channel images (MATLAB ssim_index: 'valid' windows only)."""
+    x = _shave(np.asarray(a, np.float64), shave)
+    y = _shave(np.asarray(b, np.float64), shave)
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    g = cv2.getGaussianKernel(11, 1.5)
+    w = g @ g.T
+
+    def f(t):
+        return cv2.filter2D(t, -1, w, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
+
+    mx, my = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return float(m.mean())
+
+
+def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
+    ys, yh = rgb2y(sr), rgb2y(hr)
+    return psnr(ys, yh, scale), ssim(ys, yh, scale)
+
+
+# ------------------------------------------------------------------------------ data and methods
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)        # grey PNGs (Set14 bridge) -> 3 equal channels
+    if img is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def pairs(set_name: str, scale: int, limit: int | None = None):
+    """[(name, lr uint8, hr uint8 cropped to s * lr size)] of one set and scale."""
+    d = SHARED / "data" / set_name
+    out = []
+    for hp in sorted((d / "HR").glob("*.png"))[:limit]:
+        lp = d / "LR_bicubic" / f"X{scale}" / f"{hp.stem}x{scale}.png"
+        lr = read_rgb(lp)
+        hr = read_rgb(hp)[: scale * lr.shape[0], : scale * lr.shape[1]]
+        out.append((hp.stem, lr, hr))
+    return out
+
+
+def bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
+    from models.imresize import imresize
+    return imresize(lr, scale)                            # uint8 in -> uint8 out, MATLAB rounding
+
+
+class Shipped:
+    def __init__(self, name: str):
+        from operators.upscale import Upscaler
+        self.op = Upscaler(name, device="cpu", precision="fp32")
+
+    def __call__(self, lr: np.ndarray, scale: int) -> np.ndarray:
+        return self.op({"frames": lr[None], "index": np.zeros(1, np.int64)})["frames"][0]
+
+
+def zssr(lr: np.ndarray, scale: int, budget: str) -> np.ndarray:
+    from models.zssr import zssr_upscale
+    from operators.zssr import parse_budget
+    it, sec = parse_budget(budget)
+    out = zssr_upscale(lr, scale, max_iters=it, max_seconds=sec)
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------ run and table
+
+def run(sets, scales, limit, zssr_budget, zssr_images, log=print) -> dict:
+    """{(set, scale): {method: (psnr, ssim, n_images, seconds)}}"""
+    import models
+    shipped = models.shipped_weights()
+    results: dict = {}
+    for s in scales:
+        name = f"rayscale-x{s}"
+        ship = Shipped(name) if name in shipped else None
+        if ship is None:
+            log(f"note: {name} not shipped ({'no x3 model is shipped' if s == 3 else 'weight file absent'}); row skipped")
+        for set_name in sets:
+            data = pairs(set_name, s, limit)
+            row: dict = {}
+            methods = [("bicubic", lambda lr: bicubic(lr, s), len(data))]
+            if ship is not None:
+                methods.append((name, lambda lr: ship(lr, s), len(data)))
+            if zssr_images:
+                n = min(zssr_images, len(data))
+                methods.append((f"bicubic@{n}", lambda lr: bicubic(lr, s), n))
+                methods.append((f"ZSSR {zssr_budget}@{n}", lambda lr: zssr(lr, s, zssr_budget), n))
+            for mname, fn, n in methods:
+                ps, ss, t0 = [], [], time.perf_counter()
+                for _, lr, hr in data[:n]:
+                    p, q = y_metrics(fn(lr), hr, s)
+                    ps.append(p)
+                    ss.append(q)
+                row[mname] = (float(np.mean(ps)), float(np.mean(ss)), n, time.perf_counter() - t0)
+                log(f"{set_name} x{s} {mname}: {row[mname][0]:.2f} dB / {row[mname][1]:.4f} "
+                    f"({n} images, {row[mname][3]:.1f}s)")
+            results[(set_name, s)] = row
+    return results
+
+
+def table(results: dict) -> str:
+    measured = []
+    for row in results.values():
+        for m in row:
+            if m not in measured:
+                measured.append(m)
+    head = ["set", "scale"] + [f"{m} (ours)" for m in measured] + [f"{m} (paper)" for m in PUBLISHED]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (set_name, s), row in results.items():
+        cells = [set_name, f"x{s}"]
+        for m in measured:
+            cells.append(f"{row[m][0]:.2f} / {row[m][1]:.4f}" if m in row else "-")
+        for m, pub in PUBLISHED.items():
+            v = pub.get((set_name, s))
+            if v is None:
+                cells.append("-")
+            else:
+                star = "" if v[2] else "*"
+                cells.append(f"{v[0]:.2f}{'' if v[1] is None else f' / {v[1]:.4f}'}{star}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("PSNR dB / SSIM, Y channel, `scale` px shaved. 'm@n': on the first n images of the set only. "
+                 "* = published value not verified against the paper here.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated: Set5,Set14,BSD100")
+    ap.add_argument("--scales", default="2,3,4", help="comma-separated upscaling factors")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set (all by default)")
+    ap.add_argument("--zssr-budget", default="200", help="ZSSR training per image: iterations per scale step, or seconds with s")
+    ap.add_argument("--zssr-images", type=int, default=2, help="ZSSR on the first N images of each set (0: no ZSSR)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    a = ap.parse_args(argv)
+    import torch
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if not (SHARED / "data").is_dir():
+        print(f"error: the benchmark sets are not there: {SHARED / 'data'} (set RAYSCALE_SHARED)", file=sys.stderr)
+        return 2
+    sets = [s for s in a.sets.split(",") if s]
+    bad = [s for s in sets if s not in SETS]
+    if bad:
+        print(f"error: unknown set(s) {', '.join(bad)} (known: {', '.join(SETS)})", file=sys.stderr)
+        return 2
+    scales = [int(s) for s in a.scales.split(",") if s]
+    t0 = time.perf_counter()
+    res = run(sets, scales, a.limit, a.zssr_budget, a.zssr_images, log=lambda m: print(m, file=sys.stderr))
+    print(table(res))
+    print(f"\n({time.perf_counter() - t0:.0f}s, {torch.get_num_threads()} torch threads, "
+          f"ZSSR budget {a.zssr_budget} per image on CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,7 +97,13 @@ def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0, peak: float = 255.0) -> f
     return float(m.mean())
 
 
-def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[float, float]:
+def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int, grey: bool = False) -> tuple[float, float]:
+    """Grey ground truths (Set14 'bridge') are compared on the grey values, as the MATLAB scripts do
+    (rgb2ycbcr is only applied to 3-channel images); rgb2ycbcr of grey would squeeze it to 16..235."""
+    if grey:
+        ys = np.asarray(sr, np.float64).mean(-1) if sr.ndim == 3 else sr
+        yh = np.asarray(hr, np.float64)[..., 0] if hr.ndim == 3 else hr
+        return psnr(ys, yh, scale), ssim(ys, yh, scale)
     ys, yh = rgb2y(sr), rgb2y(hr)
     return psnr(ys, yh, scale), ssim(ys, yh, scale)
 
@@ -112,14 +118,15 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def pairs(set_name: str, scale: int, limit: int | None = None):
-    """[(name, lr uint8, hr uint8 cropped to s * lr size)] of one set and scale."""
+    """[(name, lr uint8 RGB, hr uint8 RGB cropped to s * lr size, hr is grey)] of one set and scale."""
     d = SHARED / "data" / set_name
     out = []
     for hp in sorted((d / "HR").glob("*.png"))[:limit]:
         lp = d / "LR_bicubic" / f"X{scale}" / f"{hp.stem}x{scale}.png"
         lr = read_rgb(lp)
         hr = read_rgb(hp)[: scale * lr.shape[0], : scale * lr.shape[1]]
-        out.append((hp.stem, lr, hr))
+        grey = cv2.imread(str(hp), cv2.IMREAD_UNCHANGED).ndim == 2
+        out.append((hp.stem, lr, hr, grey))
     return out
 
 
@@ -169,8 +176,8 @@ def run(sets, scales, limit, zssr_budget, zssr_images, log=print) -> dict:
                 methods.append((f"ZSSR {zssr_budget}@{n}", lambda lr: zssr(lr, s, zssr_budget), n))
             for mname, fn, n in methods:
                 ps, ss, t0 = [], [], time.perf_counter()
-                for _, lr, hr in data[:n]:
-                    p, q = y_metrics(fn(lr), hr, s)
+                for _, lr, hr, grey in data[:n]:
+                    p, q = y_metrics(fn(lr), hr, s, grey)
                     ps.append(p)
                     ss.append(q)
                 row[mname] = (float(np.mean(ps)), float(np.mean(ss)), n, time.perf_counter() - t0)

@@ -44,3 +44,9 @@ def test_bicubic_set5_x2_matches_published():
     assert n == 5 and 33.6 <= p <= 33.7, p
     assert 0.928 <= s <= 0.932, s
     assert "| Set5 | x2 | 33.6" in table(res)
+
+
+def test_bicubic_set14_x2_grey_image_on_grey_values():
+    shared_path("data", "Set14", "LR_bicubic", "X2")
+    res = run(["Set14"], [2], None, "1", 0, log=lambda m: None)
+    assert 30.2 <= res[("Set14", 2)]["bicubic"][0] <= 30.26    # published 30.22-30.24; Y of grey 'bridge' would give 30.33

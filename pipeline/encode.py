@@ -1,7 +1,7 @@
 """Encode one segment's upscaled frames into its own file (runs in a CPU worker).
 
-Segments are written to MOV files, which keep the stream time base we set, so every frame keeps its
-source timestamp until the final mux; codecs MOV cannot hold (FFV1) go to NUT, which also keeps
+Segments are written to MP4 files, which keep the stream time base we set, so every frame keeps its
+source timestamp until the final mux; codecs MP4 cannot hold (FFV1) go to NUT, which also keeps
 any time base exactly."""
 from __future__ import annotations
 
@@ -51,6 +51,24 @@ class StreamParams:
     color_trc: int
 
 
+def check_encoder(settings: EncodeSettings, params: StreamParams) -> str | None:
+    """Why this encoder cannot run here (absent, no GPU for NVENC, bad pixel format), or None."""
+    try:
+        cc = av.CodecContext.create(settings.codec, "w")
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return f"encoder {settings.codec} is not available in this FFmpeg build"
+    try:
+        cc.width, cc.height, cc.pix_fmt = params.width, params.height, params.pix_fmt
+        cc.time_base = params.time_base
+        if params.rate:
+            cc.framerate = params.rate
+        cc.options = settings.codec_options()
+        cc.open()
+    except (av.error.FFmpegError, ValueError) as e:
+        return f"encoder {settings.codec} cannot start ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
 class SegmentWriter:
     def __init__(self, path: str, settings: EncodeSettings, params: StreamParams):
         self.path = path
@@ -58,7 +76,7 @@ class SegmentWriter:
         self.params = params
         self.frames = 0
         self.seconds = 0.0
-        for fmt in ("mov", "nut"):
+        for fmt in ("mp4", "nut"):
             self.container = av.open(self.tmp, "w", format=fmt)
             try:
                 s = self.container.add_stream(settings.codec, rate=params.rate, options=settings.codec_options())

@@ -55,7 +55,12 @@ def assemble(out_path: str, segment_paths: list[str], info: VideoInfo,
                 if k.lower() not in _SKIP_METADATA:
                     out.metadata[k] = v
             first = sources[0].streams.video[0]
-            ovs = out.add_stream_from_template(first)
+            try:
+                ovs = out.add_stream_from_template(first)
+            except av.codec.codec.UnknownCodecError:
+                # the template names its decoder (AV1: libdav1d), which has no encoder side
+                ovs = out.add_mux_stream(_canonical_name(first.codec_context.codec),
+                                         width=first.width, height=first.height)
             ovs.time_base = info.time_base
             if info.rotation:
                 ovs.set_display_rotation(info.rotation)
@@ -88,6 +93,17 @@ def assemble(out_path: str, segment_paths: list[str], info: VideoInfo,
             c.close()
         if src is not None:
             src.close()
+
+
+def _canonical_name(codec) -> str:
+    """The codec's generic name (libdav1d -> av1), for a stream that is only muxed."""
+    for name in ("av1", "h264", "hevc", "vp9", "ffv1", "prores", "mpeg4"):
+        try:
+            if av.codec.Codec(name, "r").id == codec.id:
+                return name
+        except av.codec.codec.UnknownCodecError:
+            continue
+    return codec.name
 
 
 def _video_packets(sources, out_stream, shift: Fraction) -> Iterator[tuple]:

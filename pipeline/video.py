@@ -22,7 +22,7 @@ import av
 import ray
 from tqdm import tqdm
 
-from .encode import EncodeSettings, StreamParams
+from .encode import EncodeSettings, StreamParams, check_encoder
 from .errors import InputError
 from .manifest import Manifest
 from .mux import assemble
@@ -149,6 +149,9 @@ def run(job: VideoJob, log=print) -> Summary:
                           pix_fmt=job.encode.pix_fmt or info.pix_fmt, colorspace=info.colorspace,
                           color_range=info.color_range, color_primaries=info.color_primaries,
                           color_trc=info.color_trc)
+    problem = check_encoder(job.encode, params)
+    if problem:
+        raise InputError(f"{job.output}: {problem}")
     ident = {"source": job.input, "source_size": os.path.getsize(job.input),
              "source_mtime": os.path.getmtime(job.input), "settings": settings, "kind": "segment"}
     total = sum(s.frame_count for s in segs)

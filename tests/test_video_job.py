@@ -65,6 +65,16 @@ def test_variable_frame_rate_timestamps_kept(tmp_path):
     assert times(str(out)) == ts
 
 
+def test_av1_output(tmp_path):
+    src = make_clip(str(tmp_path / "in.mp4"), frames=16, gop=8)
+    out = tmp_path / "av1.mp4"
+    assert run_job(src, out, "--model", "bicubic", "--scale", "2", "--encoder", "libsvtav1", "--crf", "30") == 0
+    info = probe(str(out))
+    assert info.codec in ("av1", "libdav1d") and info.frame_count == 16
+    assert times(str(out)) == times(src)
+    assert packets(str(out), "audio") == packets(src, "audio")
+
+
 def test_10bit_stays_10bit(tmp_path):
     src = make_clip(str(tmp_path / "ten.mkv"), frames=16, gop=8, pix_fmt="yuv420p10le")
     out = tmp_path / "ten_out.mkv"
@@ -142,9 +152,11 @@ def test_truncated_audio_only_unsupported_and_unwritable(tmp_path, capsys):
     cases = [(trunc, tmp_path / "o1.mp4", "truncated"), (audio, tmp_path / "o2.mp4", "no video stream"),
              (unknown, tmp_path / "o3.mp4", "unsupported video codec"),
              (Path(good), tmp_path / "missing_dir" / "o.mp4", "does not exist"),
-             (Path(good), tmp_path / "o.xyz", "unknown output container")]
-    for src, out, reason in cases:
-        assert run_job(src, out, "--model", "bicubic", "--scale", "2") == 2, src
+             (Path(good), tmp_path / "o.xyz", "unknown output container"),
+             (Path(good), tmp_path / "o4.mp4", "encoder h264_nvenc cannot start", ["--encoder", "h264_nvenc"]),
+             (Path(good), tmp_path / "o5.mp4", "encoder nosuchcodec is not available", ["--encoder", "nosuchcodec"])]
+    for src, out, reason, *extra in cases:
+        assert run_job(src, out, "--model", "bicubic", "--scale", "2", *(extra[0] if extra else [])) == 2, src
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1, err
         assert reason in err[0] and (str(src) in err[0] or str(out) in err[0]), err[0]

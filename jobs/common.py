@@ -46,11 +46,6 @@ def default_model(scale: int | None) -> str:
     return "bicubic"
 
 
-def describe_models() -> str:
-    import models
-    return ", ".join(["bicubic", "lanczos"] + sorted(models.shipped_weights()))
-
-
 def exit_on_input_error(main):
     """Bad input -> one line naming the file and the reason on stderr, exit code 2."""
     @functools.wraps(main)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from jobs.common import add_ray_args, connect_ray, default_model, describe_models, exit_on_input_error  # noqa: E402
+from jobs.common import add_ray_args, connect_ray, default_model, exit_on_input_error  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from .spec import StateDict
 
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "generator", "netG")
 

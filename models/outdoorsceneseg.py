@@ -25,7 +25,6 @@ state dict carries no ``_metadata`` version (as from ``models.checkpoint.read_st
 """
 from __future__ import annotations
 
-import re
 
 import torch
 from torch import nn

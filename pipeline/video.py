@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field

@@ -35,3 +35,13 @@ def assert_close_to_golden(out, ref, tol):
         assert out.shape == ref.shape, (out.shape, ref.shape)
         err = (out.float() - ref.float()).abs().max().item()
         assert torch.allclose(out.float(), ref.float(), rtol=tol["rtol"], atol=tol["atol"]), f"max abs err {err}"
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One embedded Ray for the tests that run jobs in-process (the job scripts reuse it)."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield

@@ -9,7 +9,7 @@ import torch
 import models
 from models import UnknownCheckpoint
 from models.imresize import imresize
-from models.zssr import (ZSSRConfig, ZSSRNet, _linfit_slope_std, _run_net, apply_zssr, back_projection,
+from models.zssr import (ZSSRConfig, ZSSRNet, _linfit_slope_std, _run_net, apply_zssr,
                          detect, from_state_dict, state_dict_from_tf, train_zssr, zssr_upscale)
 
 from conftest import SHARED, assert_close_to_golden, golden, shared_path

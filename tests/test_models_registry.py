@@ -10,7 +10,7 @@ import torch
 import models
 from models.convert import main as convert_main
 from models.rdn import RDN
-from tests.conftest import SHARED, golden
+from tests.conftest import golden
 
 GOLDEN_ARCH = {
     "srmd_x4.pt": ("srmd", 4), "srmdnf_x2_reduced.pt": ("srmd", 2), "dbpn_x4_reduced.pt": ("dbpn", 4),

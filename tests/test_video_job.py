@@ -1,10 +1,6 @@
 """End-to-end runs of jobs/upscale_video.py on an embedded Ray, on clips made here (and the real
 clips in ../shared when present): frames, timestamps, streams, colour, errors."""
 import os
-import signal
-import subprocess
-import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,23 +8,14 @@ import av
 import cv2
 import numpy as np
 import pytest
-import ray
 
 from jobs import upscale_video
 from pipeline.probe import probe
 from pipeline.synth import make_clip
-from tests.conftest import ROOT, shared_path
+from tests.conftest import shared_path
 from tests.media import frames, packet_times, packets, psnr, times
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def run_job(*args) -> int:

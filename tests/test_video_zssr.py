@@ -2,13 +2,11 @@
 by its shot's net; on a clip panned over a real image (Set14 'zebra', LR = MATLAB bicubic x1/2 of the
 HR crops, stored losslessly) the output beats bicubic against the HR crops."""
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pytest
-import ray
 import torch
 
 from jobs import upscale_video
@@ -16,19 +14,11 @@ from models.imresize import imresize
 from models.zssr import ZSSRNet
 from operators.zssr import ZSSRUpscaler, parse_budget
 from pipeline.synth import pattern
-from tests.conftest import ROOT, SHARED
+from tests.conftest import SHARED
 from tests.media import frames, psnr
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 W, H, N = 240, 160, 6          # HR frame size, frames
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield
 
 
 def write_lossless(path, rgb_frames):

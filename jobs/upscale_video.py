@@ -36,6 +36,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--zssr-ensemble", action="store_true",
                    help="8-way self-ensemble at test time (8x slower per frame; off for video by default)")
     g.add_argument("--zssr-cut-threshold", type=float, default=0.3, help="scene-cut histogram distance (0-1)")
+    g = ap.add_argument_group("SRMD degradation (models that take one)")
+    g.add_argument("--blur", type=float, default=None, help="isotropic Gaussian blur sigma of the source (default: none)")
+    g.add_argument("--blur-l2", type=float, default=None, help="anisotropic blur: second eigenvalue (--blur-l1 first)")
+    g.add_argument("--blur-l1", type=float, default=None, help="anisotropic blur: first eigenvalue")
+    g.add_argument("--blur-theta", type=float, default=None, help="anisotropic blur: angle in radians")
+    g.add_argument("--noise", type=float, default=None, help="noise level of the source on the 0-255 scale (SRMD)")
     g = ap.add_argument_group("encoding")
     g.add_argument("--encoder", default="libx264",
                    help="libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc (where present)")
@@ -75,17 +81,20 @@ def main(argv=None) -> int:
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
     threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // args.actors))
+    degradation = {"sigma": args.blur, "l1": args.blur_l1, "l2": args.blur_l2, "theta": args.blur_theta,
+                   "noise": args.noise}
     if model == "zssr":
         factory, identity = _zssr_factory(args, "cuda" if gpus else "cpu", gpus)
     else:
         factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale,
                                     device="cuda" if gpus else "cpu", precision=args.precision,
-                                    tile=args.tile, tile_overlap=args.tile_overlap)
+                                    tile=args.tile, tile_overlap=args.tile_overlap, degradation=degradation)
         weights_id = ""
         if args.weights:
             st = os.stat(args.weights)
             weights_id = f"{os.path.abspath(args.weights)}:{st.st_size}:{st.st_mtime}"
-        identity = f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:{args.tile_overlap}"
+        identity = (f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:"
+                    f"{args.tile_overlap}:{sorted(degradation.items())}")
     stage = StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
                       identity=identity)
     job = VideoJob(args.input, args.output, [stage],

@@ -30,10 +30,27 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def with_degradation(net, spec: ModelSpec, d: dict):
+    """Bind SRMD's degradation map: a blur kernel (isotropic `sigma`, or anisotropic `l1`, `l2`,
+    `theta`; none = the authors' near-delta kernel for plain bicubic downscaling) and, for SRMD
+    (not SRMDNF), a noise level on the 0-255 scale."""
+    from models.srmd import SRMDWithDegradation, bicubic_kernel, degradation_vector, gaussian_kernel
+    if d.get("l1"):
+        kernel = gaussian_kernel(l1=d["l1"], l2=d.get("l2") or d["l1"], theta=d.get("theta") or 0.0)
+    elif d.get("sigma"):
+        kernel = gaussian_kernel(sigma=d["sigma"])
+    else:
+        kernel = bicubic_kernel()
+    nf = spec.variant == "srmdnf"
+    if nf and d.get("noise"):
+        raise ValueError("SRMDNF is the noise-free model; use SRMD for a noise level")
+    return SRMDWithDegradation(net, degradation_vector(kernel, d.get("noise") or 0.0, with_noise=not nf))
+
+
 class Upscaler:
     def __init__(self, model: str, weights: str | None = None, scale: int | None = None,
                  device: str | None = "auto", precision: str = "fp32", tile: int = 0,
-                 tile_overlap: int = 16):
+                 tile_overlap: int = 16, degradation: dict | None = None):
         self.model_name = model
         self.tile, self.tile_overlap = tile, tile_overlap
         self.device = resolve_device(device)
@@ -48,7 +65,9 @@ class Upscaler:
             self.net, self.spec = None, ModelSpec(arch=model, variant=model, scale=int(scale))
             return
         net, spec = models.load(model, weights=weights, scale=scale)
-        if spec.extra_inputs:
+        if spec.extra_inputs == ("degradation",):
+            net = with_degradation(net, spec, degradation or {})
+        elif spec.extra_inputs:
             raise ValueError(f"{model} needs {', '.join(spec.extra_inputs)} inputs; use its own operator")
         if spec.output not in ("image", "residual") or spec.scale < 1:
             raise ValueError(f"{model} is not an image-to-image upscaler")

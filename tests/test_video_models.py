@@ -166,3 +166,21 @@ def test_model_refusals(clip, rdn_x2, tmp_path, capsys):
         code = upscale_video.main([clip, str(tmp_path / "o.mp4"), "--no-progress", *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and reason in err[0], (args, err)
+
+
+def test_srmd_operator_binds_the_degradation_map(tmp_path):
+    from models.srmd import SRMD, degradation_vector, gaussian_kernel, srmd_input
+    torch.manual_seed(0)
+    net = SRMD(in_nc=19, nc=16, nb=4, scale=2)
+    path = tmp_path / "srmd_x2.pth"
+    torch.save(net.state_dict(), path)
+    frame = pattern(2, 24, 20)[None]
+    op = Upscaler("srmd", weights=str(path), scale=2, device="cpu", degradation={"sigma": 1.2, "noise": 10})
+    out = op({"frames": frame})["frames"]
+    x = torch.from_numpy(frame).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        ref = net(srmd_input(x, gaussian_kernel(sigma=1.2), 10.0))
+    ref = (ref.clamp(0, 1) * 255).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert out.shape == (1, 40, 48, 3) and np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    other = Upscaler("srmd", weights=str(path), scale=2, device="cpu", degradation={"sigma": 3.0, "noise": 40})
+    assert not np.array_equal(other({"frames": frame})["frames"], out)

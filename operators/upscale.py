@@ -4,6 +4,7 @@ The model's spec decides value range, channel order and mean, so a batch of uint
 frames goes in and the same type comes out at `scale` x the size."""
 from __future__ import annotations
 
+import importlib
 import time
 
 import cv2
@@ -72,6 +73,7 @@ class Upscaler:
         if spec.output not in ("image", "residual") or spec.scale < 1:
             raise ValueError(f"{model} is not an image-to-image upscaler")
         self.spec = spec
+        self.residual_base = _residual_base(spec.arch)
         self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
 
     @property
@@ -125,5 +127,13 @@ class Upscaler:
             y = y.flip(1)
         y = y[..., : h * spec.scale, : w * spec.scale]
         if spec.output == "residual":
-            y = y + F.interpolate(x, scale_factor=spec.scale, mode="bicubic", align_corners=False)
+            y = y + self.residual_base(x, spec.scale)
         return y
+
+
+def _residual_base(arch: str):
+    """What a residual network's output is added to: the family's own upscale where it defines
+    one (DBPN-RES-MR64-3 was trained on PIL's bicubic), else torch bicubic."""
+    family = importlib.import_module(f"models.{arch}")
+    return getattr(family, "bicubic_upscale", None) or (
+        lambda x, s: F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False))

@@ -19,7 +19,7 @@ from operators.upscale import Upscaler
 from pipeline.manifest import Manifest
 from pipeline.probe import probe
 from pipeline.synth import make_clip, pattern
-from tests.conftest import ROOT
+from tests.conftest import ROOT, golden
 from tests.media import frames, times
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -184,3 +184,19 @@ def test_srmd_operator_binds_the_degradation_map(tmp_path):
     assert out.shape == (1, 40, 48, 3) and np.abs(out.astype(int) - ref.astype(int)).max() <= 1
     other = Upscaler("srmd", weights=str(path), scale=2, device="cpu", degradation={"sigma": 3.0, "noise": 40})
     assert not np.array_equal(other({"frames": frame})["frames"], out)
+
+
+def test_residual_dbpn_adds_its_own_bicubic(tmp_path):
+    import models
+    from models.dbpn import bicubic_upscale
+    path = tmp_path / "dbpn_res.pth"
+    torch.save(golden("dbpn_res_mr64_3_x2_reduced.pt")["state_dict"], path)
+    net, spec = models.load(str(path))
+    assert spec.output == "residual"
+    frame = pattern(4, 14, 12)[None]
+    out = Upscaler(str(path), device="cpu")({"frames": frame})["frames"]
+    x = torch.from_numpy(frame).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        ref = (net(x) + bicubic_upscale(x, 2)).clamp(0, 1) * 255
+    ref = ref.round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1

@@ -154,14 +154,15 @@ def _set_psnr(name: str, scale: int, bench: str = "Set5"):
     return float(np.mean(ours)), float(np.mean(bic))
 
 
-@pytest.mark.parametrize("scale,margin", [(2, 1.5), (4, 0.8)])
-def test_shipped_weights_beat_bicubic_on_set5(scale, margin):
+@pytest.mark.parametrize("scale,margin,floor", [(2, 2.5, 36.5), (4, 1.8, 30.5)])
+def test_shipped_weights_beat_bicubic_on_set5(scale, margin, floor):
+    """Shipped: x2 36.99 dB, x4 30.99 dB (bicubic 33.68 / 28.43); the issue's target is x2 >= 36.5."""
     name = f"rayscale-x{scale}"
     if name not in models.shipped_weights():
         pytest.fail(f"{name} is not shipped")
     ours, bic = _set_psnr(name, scale)
     assert math.isfinite(ours)
-    assert ours > bic + margin, (ours, bic)
+    assert ours > bic + margin and ours >= floor, (ours, bic)
 
 
 def test_shipped_x2_beats_bicubic_without_shared():

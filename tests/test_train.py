@@ -133,6 +133,10 @@ def test_cli_init_other_scale_and_bad_input(tmp_path, capsys):
     n4, s4 = models.load(x4)
     assert s4.scale == 4 and s4.hyperparams == s2.hyperparams
     assert "took" in capsys.readouterr().out
+    srmd = tmp_path / "srmd.pt"
+    assert main(["--train", str(train_dir), "--arch", "rayscale", "--scale", "2", "--channels", "4", "--blocks", "1",
+                 "--steps", "2", "--patch", "10", "--batch", "2", "--degradation", "srmd", "--ckpt", str(srmd)]) == 0
+    assert torch.load(srmd, weights_only=True)["step"] == 2
     assert main(["--train", str(tmp_path / "nope"), "--arch", "rayscale", "--scale", "2"]) == 2
     assert main(["--train", str(train_dir), "--arch", "srmd", "--scale", "2"]) == 2
 

@@ -4,7 +4,7 @@ Prints, measured side by side in one run on the same machine:
   * model-only frames/s: the same batches, same device and threads, no decode/encode/IO;
   * pipeline frames/s: jobs/upscale_video.py on an embedded Ray (actors, decode, encode, mux);
   * naive frames/s: one process, decode -> model -> encode in a plain loop;
-  * peak RSS of the whole job (driver + Ray workers) on a clip and on one 10x longer.
+  * peak memory (PSS) of the whole job (driver + Ray workers) on a clip and on one 10x longer.
 
     python benchmarks/pipeline_efficiency.py            # defaults: 640x360, 32 frames, x2
 """
@@ -92,29 +92,34 @@ def naive_fps(weights: str, clip: str, batch: int, threads: int, out: str) -> fl
     return n / (time.perf_counter() - t0)
 
 
-def _tree_rss(root_pid: int) -> int:
-    """Sum of RSS (bytes) over a process and all its descendants."""
+def _tree_pss(root_pid: int) -> int:
+    """Memory (bytes) of a process and all its descendants, as the sum of their proportional set
+    sizes: pages shared through Ray's object store are counted once, not once per process."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(stat[1]), []).append(int(d.name))
-            rss[int(d.name)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
     total, stack = 0, [root_pid]
     while stack:
         p = stack.pop()
-        total += rss.get(p, 0)
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            pass
         stack.extend(children.get(p, []))
     return total
 
 
 def run_job(args: list[str]) -> tuple[float, int, str]:
-    """Run the job as users do; return (wall seconds after Ray is up, peak tree RSS, stdout)."""
+    """Run the job as users do; return (wall seconds after Ray is up, peak memory of the job's
+    process tree, stdout)."""
     cmd = [sys.executable, str(ROOT / "jobs" / "upscale_video.py"), *args, "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     peak = 0
@@ -123,7 +128,7 @@ def run_job(args: list[str]) -> tuple[float, int, str]:
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, _tree_pss(proc.pid))
             time.sleep(0.2)
 
     t = threading.Thread(target=sample)
@@ -135,6 +140,10 @@ def run_job(args: list[str]) -> tuple[float, int, str]:
         raise SystemExit(f"job failed ({proc.returncode}):\n{out}")
     wall = float(out.split("wall: ")[1].split("s")[0])
     return wall, peak, out
+
+
+def steady_fps(job_output: str) -> float:
+    return float(job_output.split("(steady ")[1].split(" ")[0])
 
 
 def main(argv=None):
@@ -162,12 +171,14 @@ def main(argv=None):
 
     job = [clip, str(tmp / "out.mp4"), "--model", "rdn", "--weights", weights, "--scale", str(a.scale),
            "--batch-size", str(a.batch_size), "--threads", str(a.threads), "--segment-frames", "12"]
-    wall, rss_short, _ = run_job(job)
+    wall, _, out = run_job(job)
     p_fps = a.frames / wall
-    print(f"pipeline   : {p_fps:7.3f} frames/s  (Ray job, wall after connect {wall:.1f}s)")
+    s_fps = steady_fps(out)
+    print(f"pipeline   : {p_fps:7.3f} frames/s end to end (Ray job: actor start, model load, decode, "
+          f"encode, mux; {wall:.1f}s), {s_fps:.3f} frames/s steady state")
     n_fps = naive_fps(weights, clip, a.batch_size, a.threads, str(tmp / "naive.mov"))
     print(f"naive loop : {n_fps:7.3f} frames/s")
-    print(f"pipeline / model-only = {p_fps / m_fps:.3f}   (target >= 0.9)")
+    print(f"pipeline / model-only = {p_fps / m_fps:.3f} end to end, {s_fps / m_fps:.3f} steady   (target >= 0.9)")
     print(f"pipeline / naive loop = {p_fps / n_fps:.3f}")
 
     if not a.skip_rss:
@@ -175,7 +186,7 @@ def main(argv=None):
         cheap = ["--model", "bicubic", "--scale", str(a.scale), "--segment-frames", "12"]
         _, rss_a, _ = run_job([clip, str(tmp / "a.mp4"), *cheap])
         _, rss_b, _ = run_job([long_clip, str(tmp / "b.mp4"), *cheap])
-        print(f"peak RSS (job + Ray workers): {a.frames} frames {rss_a / 2**20:.0f} MiB, "
+        print(f"peak memory (PSS of job + Ray workers): {a.frames} frames {rss_a / 2**20:.0f} MiB, "
               f"{a.frames * a.long_factor} frames {rss_b / 2**20:.0f} MiB, ratio {rss_b / rss_a:.3f} (target <= 1.10)")
 
 

@@ -67,6 +67,15 @@ class Summary:
     stage_seconds: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    first_write: float | None = None    # perf_counter of the first / last written batch
+    last_write: float | None = None
+    frames_after_first: int = 0
+
+    @property
+    def steady_fps(self) -> float:
+        """Frames/s between the first and the last written batch: start-up and the final mux left out."""
+        span = (self.last_write or 0) - (self.first_write or 0)
+        return self.frames_after_first / span if span > 0 else 0.0
 
     @property
     def fps(self) -> float:
@@ -74,7 +83,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         out = [f"frames: {self.frames}  segments: {self.segments} ({self.reused_segments} reused)  "
-               f"wall: {self.seconds:.1f}s  {self.fps:.2f} frames/s"]
+               f"wall: {self.seconds:.1f}s  {self.fps:.2f} frames/s  (steady {self.steady_fps:.2f} frames/s)"]
         if self.stage_seconds:
             out.append("time per stage (worker-seconds): " + ", ".join(
                 f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items())))
@@ -247,48 +256,61 @@ def _stream(job, info, todo, pools, params, wdir, manifest, ident, summary, bar)
                               "frames": st.frames, "seconds": time.perf_counter() - st.t0}])
         free_writers.append(st.writer)
 
+    def on_ack(ack):
+        st = ack_owner.pop(ack)
+        st.acks.discard(ack)
+        try:
+            r = ray.get(ack)
+        except ray.exceptions.RayError as e:
+            st.error = st.error or _one_line(e)
+            return
+        st.frames += r["frames"]
+        summary.frames += r["frames"]
+        now = time.perf_counter()
+        if summary.first_write is None:
+            summary.first_write = now
+        else:
+            summary.frames_after_first += r["frames"]
+        summary.last_write = now
+        bar.update(r["frames"])
+        summary.warnings.extend(r["warnings"])
+        for k, v in r["timings"].items():
+            summary.stage_seconds[k] = summary.stage_seconds.get(k, 0) + v
+
+    def on_batch(st: _SegmentState):
+        try:
+            ref = next(st.gen)
+        except StopIteration:
+            st.decoded = True
+            return
+        for pool in pools:
+            ref = pool.submit(ref)
+        ack = st.writer.write.remote(ref)
+        st.acks.add(ack)
+        ack_owner[ack] = st
+
     while pending or active:
         while pending and len(active) < max_active and free_writers:
             open_segment(pending.popleft())
-        progressed = False
-        if len(ack_owner) < max_inflight:
-            gens = [st.gen for st in active.values() if not st.decoded]
-            if gens:
-                ready, _ = ray.wait(gens, num_returns=1, timeout=0.02)
-                for gen in ready:
-                    st = next(s for s in active.values() if s.gen is gen)
-                    try:
-                        ref = next(gen)
-                    except StopIteration:
-                        st.decoded = True
-                        progressed = True
-                        continue
-                    for pool in pools:
-                        ref = pool.submit(ref)
-                    ack = st.writer.write.remote(ref)
-                    st.acks.add(ack)
-                    ack_owner[ack] = st
-                    progressed = True
-        if ack_owner:
-            timeout = 0 if (progressed and len(ack_owner) < max_inflight) else 0.05
-            done, _ = ray.wait(list(ack_owner), num_returns=len(ack_owner), timeout=timeout)
-            for ack in done:
-                st = ack_owner.pop(ack)
-                st.acks.discard(ack)
-                try:
-                    r = ray.get(ack)
-                except ray.exceptions.RayError as e:
-                    st.error = st.error or _one_line(e)
-                    continue
-                st.frames += r["frames"]
-                summary.frames += r["frames"]
-                bar.update(r["frames"])
-                summary.warnings.extend(r["warnings"])
-                for k, v in r["timings"].items():
-                    summary.stage_seconds[k] = summary.stage_seconds.get(k, 0) + v
         for st in list(active.values()):
             if st.decoded and not st.acks:
                 finish(st)
+        if not active:
+            continue
+        # block until something happens: a decoded batch (while the in-flight budget allows)
+        # or a written one; no polling, so the model actors keep the cores
+        gens = {st.gen: st for st in active.values() if not st.decoded} if len(ack_owner) < max_inflight else {}
+        waitables = list(gens) + list(ack_owner)
+        ready, _ = ray.wait(waitables, num_returns=1, timeout=None)
+        for item in ready:
+            if item in gens:
+                on_batch(gens[item])
+            else:
+                on_ack(item)
+        if ack_owner:  # collect every other finished write at once
+            done, _ = ray.wait(list(ack_owner), num_returns=len(ack_owner), timeout=0)
+            for ack in done:
+                on_ack(ack)
 
 
 def _one_line(e: Exception) -> str:

@@ -31,6 +31,7 @@ from operators.upscale import Upscaler  # noqa: E402
 from pipeline.encode import EncodeSettings, SegmentWriter, StreamParams  # noqa: E402
 from pipeline.frames import to_rgb  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
+from pipeline.stages import OPERATOR_ENV  # noqa: E402
 from pipeline.synth import make_clip  # noqa: E402
 
 
@@ -146,7 +147,26 @@ def steady_fps(job_output: str) -> float:
     return float(job_output.split("(steady ")[1].split(" ")[0])
 
 
+def in_actor_env(what: str, weights: str, clip: str, batch: int, threads: int, out: str) -> float:
+    """Run a baseline in a fresh process with the operator actors' environment (allocator
+    settings), so model-only, naive and pipeline differ only in what they measure."""
+    env = dict(os.environ, **OPERATOR_ENV)
+    r = subprocess.run([sys.executable, __file__, "--child", what, weights, clip, str(batch), str(threads), out],
+                       env=env, capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def child(what: str, weights: str, clip: str, batch: str, threads: str, out: str) -> None:
+    if what == "model-only":
+        print(model_only_fps(weights, decoded_batches(clip, int(batch)), int(threads)))
+    else:
+        print(naive_fps(weights, clip, int(batch), int(threads), out))
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child(*argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="640x360")
     ap.add_argument("--frames", type=int, default=32)
@@ -165,8 +185,7 @@ def main(argv=None):
     print(f"clip {w}x{h}, {a.frames} frames, x{a.scale}, RDN G0={G0} D={D} C={C} G={G}, "
           f"batch {a.batch_size}, {a.threads} torch threads, {os.cpu_count()} cores")
 
-    batches = decoded_batches(clip, a.batch_size)
-    m_fps = model_only_fps(weights, batches, a.threads)
+    m_fps = in_actor_env("model-only", weights, clip, a.batch_size, a.threads, "")
     print(f"model-only : {m_fps:7.3f} frames/s")
 
     job = [clip, str(tmp / "out.mp4"), "--model", "rdn", "--weights", weights, "--scale", str(a.scale),
@@ -176,7 +195,7 @@ def main(argv=None):
     s_fps = steady_fps(out)
     print(f"pipeline   : {p_fps:7.3f} frames/s end to end (Ray job: actor start, model load, decode, "
           f"encode, mux; {wall:.1f}s), {s_fps:.3f} frames/s steady state")
-    n_fps = naive_fps(weights, clip, a.batch_size, a.threads, str(tmp / "naive.mov"))
+    n_fps = in_actor_env("naive", weights, clip, a.batch_size, a.threads, str(tmp / "naive.mov"))
     print(f"naive loop : {n_fps:7.3f} frames/s")
     print(f"pipeline / model-only = {p_fps / m_fps:.3f} end to end, {s_fps / m_fps:.3f} steady   (target >= 0.9)")
     print(f"pipeline / naive loop = {p_fps / n_fps:.3f}")

@@ -27,7 +27,7 @@ from .manifest import Manifest
 from .mux import assemble
 from .probe import VideoInfo, probe
 from .segments import Segment, plan_segments
-from .stages import ActorPool, OperatorActor, WriterActor, decode_task
+from .stages import OPERATOR_ENV, ActorPool, OperatorActor, WriterActor, decode_task
 
 
 @dataclass
@@ -200,7 +200,8 @@ def _start_pools(job: VideoJob, info: VideoInfo) -> tuple[list[ActorPool], int]:
     pools, scale = [], 1
     for stage in job.stages:
         actors = [OperatorActor.options(num_cpus=stage.cpus_per_actor, num_gpus=stage.gpus_per_actor,
-                                        max_restarts=-1, max_task_retries=-1).remote(stage.factory, stage.threads)
+                                        max_restarts=-1, max_task_retries=-1,
+                                        runtime_env={"env_vars": OPERATOR_ENV}).remote(stage.factory, stage.threads)
                   for _ in range(stage.actors)]
         desc = ray.get([a.describe.remote() for a in actors])
         err = next((d["error"] for d in desc if "error" in d), None)

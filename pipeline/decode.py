@@ -26,12 +26,11 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
     t0 = time.perf_counter()
 
     def flush():
-        nonlocal frames, index, pts, warnings, t0
+        nonlocal frames, index, pts, warnings
         batch = {"frames": np.stack(frames), "index": np.asarray(index, dtype=np.int64),
                  "pts": np.asarray(pts, dtype=np.int64), "segment": seg.index,
                  "warnings": warnings, "timings": {"decode": time.perf_counter() - t0}}
         frames, index, pts, warnings = [], [], [], []
-        t0 = time.perf_counter()
         return batch
 
     def warn(msg: str):
@@ -62,6 +61,7 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
                 pts.append(p)
                 if len(frames) == batch_size:
                     yield flush()
+                    t0 = time.perf_counter()  # time paused by back-pressure is not decode time
             if len(seen) == len(position):
                 break
     missing = len(position) - len(seen)

@@ -50,10 +50,13 @@ class Manifest:
         os.replace(tmp, self.dir / name)
 
     def table(self) -> pa.Table:
-        parts = sorted(self.dir.glob("part-*.parquet"))
-        if not parts:
-            return SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+        tables = []
+        for p in sorted(self.dir.glob("part-*.parquet")):
+            try:
+                tables.append(pq.read_table(p, schema=SCHEMA))
+            except FileNotFoundError:  # the job removed its work dir while we read
+                continue
+        return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
     def latest(self) -> dict[str, dict]:
         """item -> its newest row."""

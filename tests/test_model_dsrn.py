@@ -12,7 +12,7 @@ import models
 from models import dsrn
 from models.spec import UnknownCheckpoint
 
-from conftest import SHARED, shared_path
+from conftest import SHARED
 
 TF_REF = Path(__file__).with_name("data") / "dsrn_tf_reference.npz"
 
@@ -153,18 +153,6 @@ def test_reduced_and_enlarged_widths():
         net = dsrn.DSRN(scale=2, hidden=hidden, mid=mid)
         built, spec = models.build(net.state_dict())
         assert (spec.hyperparams["hidden"], spec.hyperparams["mid"]) == (hidden, mid)
-
-
-def test_detect_rejects_other_families_goldens():
-    golden_dir = shared_path("golden")
-    seen = 0
-    for f in sorted(golden_dir.glob("*.pt")):
-        case = torch.load(f, map_location="cpu", weights_only=True)
-        sd = case.get("state_dict") if isinstance(case, dict) else None
-        if isinstance(sd, dict) and sd and all(isinstance(v, torch.Tensor) for v in sd.values()):
-            seen += 1
-            assert not dsrn.detect(sd), f.name
-    assert seen >= 5
 
 
 def test_detect_rejects_foreign_layouts():

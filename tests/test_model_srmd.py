@@ -16,11 +16,6 @@ from models.spec import UnknownCheckpoint
 from conftest import assert_close_to_golden, golden, shared_path
 
 PCA_NPY_SHA256 = "7b6a79144f4cee75f0b17644bebadded48432e106bb1474d22204598623c6e4c"
-OTHER_GOLDEN = ["attngan_gnet_reduced.pt", "attngan_rnn_encoder.pt", "dbpn_res_mr64_3_x2_reduced.pt",
-                "dbpn_x4_reduced.pt", "dbpnll_x4_reduced.pt", "rdn_edsr_x3_reduced.pt",
-                "rdn_edsr_x4_reduced.pt", "rdn_yjn870_x2_reduced.pt", "sftgan_outdoorsceneseg_reduced.pt",
-                "sftgan_sftnet.pt", "sftgan_sftnet_torch.pt", "zssr_jacobgil_rgb.pt"]
-
 
 def _kernel_from_desc(desc):
     d = ast.literal_eval(desc)                     # e.g. "('aniso', theta, l1, l2)"
@@ -81,15 +76,6 @@ def test_pca_asset_equals_kair_mat():
     assert np.array_equal(srmd.load_pca(), mat.astype(np.float32))
 
 
-@pytest.mark.parametrize("name", OTHER_GOLDEN)
-def test_detect_rejects_other_families(name):
-    sd = golden(name)["state_dict"]
-    assert not srmd.detect(sd)
-    with pytest.raises(UnknownCheckpoint):
-        models.build(sd, arch="srmd")
-
-
-# ----------------------------------------------------------------------------- degradation helpers
 def test_pca_asset_shipped():
     p = srmd.load_pca()
     assert p.shape == (15, 225) and p.dtype == np.float32 and not p.flags.writeable

@@ -35,6 +35,14 @@ def test_every_golden_state_dict_is_detected_by_the_registry(name, tmp_path):
         assert d.scale == scale
 
 
+@pytest.mark.parametrize("name", sorted(GOLDEN_ARCH))
+def test_every_other_family_rejects_each_golden_state_dict(name):
+    """Detection rules must not overlap: only the owning family claims an official layout."""
+    sd = golden(name)["state_dict"]
+    claimed = sorted(a.name for a in models.architectures().values() if a.detect(sd))
+    assert claimed == [GOLDEN_ARCH[name][0]], claimed
+
+
 def _rdn_file(tmp_path, scale=2) -> Path:
     torch.manual_seed(0)
     path = tmp_path / f"rdn_x{scale}.pth"

@@ -173,7 +173,7 @@ def test_model_refusals(clip, rdn_x2, tmp_path, capsys):
 
 
 def test_srmd_operator_binds_the_degradation_map(tmp_path):
-    from models.srmd import SRMD, degradation_vector, gaussian_kernel, srmd_input
+    from models.srmd import SRMD, gaussian_kernel, srmd_input
     torch.manual_seed(0)
     net = SRMD(in_nc=19, nc=16, nb=4, scale=2)
     path = tmp_path / "srmd_x2.pth"

@@ -18,7 +18,6 @@ its bicubic on the same images is printed beside it).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -59,53 +58,8 @@ PUBLISHED = {
 }
 
 
-# ------------------------------------------------------------------------------ metrics
-
-def rgb2y(img: np.ndarray) -> np.ndarray:
-    """MATLAB rgb2ycbcr's Y (BT.601, 16..235) of uint8 RGB, as float64 (grey images: the image)."""
-    x = np.asarray(img, np.float64)
-    if x.ndim == 2:
-        return x
-    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-
-def _shave(a: np.ndarray, s: int) -> np.ndarray:
-    return a[s:-s, s:-s] if s > 0 else a
-
-
-def psnr(a: np.ndarray, b: np.ndarray, shave: int = 0, peak: float = 255.0) -> float:
-    """PSNR of two float/uint8 images (any channels), borders of `shave` px dropped."""
-    d = _shave(np.asarray(a, np.float64), shave) - _shave(np.asarray(b, np.float64), shave)
-    mse = float(np.mean(d ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0, peak: float = 255.0) -> float:
-    """Wang et al. SSIM of two single-channel images (MATLAB ssim_index: 'valid' windows only)."""
-    x = _shave(np.asarray(a, np.float64), shave)
-    y = _shave(np.asarray(b, np.float64), shave)
-    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
-    g = cv2.getGaussianKernel(11, 1.5)
-    w = g @ g.T
-
-    def f(t):
-        return cv2.filter2D(t, -1, w, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
-
-    mx, my = f(x), f(y)
-    sxx, syy, sxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
-    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
-    return float(m.mean())
-
-
-def y_metrics(sr: np.ndarray, hr: np.ndarray, scale: int, grey: bool = False) -> tuple[float, float]:
-    """Grey ground truths (Set14 'bridge') are compared on the grey values, as the MATLAB scripts do
-    (rgb2ycbcr is only applied to 3-channel images); rgb2ycbcr of grey would squeeze it to 16..235."""
-    if grey:
-        ys = np.asarray(sr, np.float64).mean(-1) if sr.ndim == 3 else sr
-        yh = np.asarray(hr, np.float64)[..., 0] if hr.ndim == 3 else hr
-        return psnr(ys, yh, scale), ssim(ys, yh, scale)
-    ys, yh = rgb2y(sr), rgb2y(hr)
-    return psnr(ys, yh, scale), ssim(ys, yh, scale)
+# metrics: one implementation, shared with the image jobs' --reference mode
+from pipeline.metrics import _shave, psnr, rgb2y, ssim, y_metrics  # noqa: E402,F401
 
 
 # ------------------------------------------------------------------------------ data and methods

@@ -33,8 +33,8 @@ def test_segments_time_range():
 
 def test_manifest_is_append_only_and_latest_wins(tmp_path):
     m = Manifest(tmp_path / "m")
-    m.append([{"item": "a", "status": "running"}, {"item": "b", "status": "running"}])
-    m.append([{"item": "a", "status": "done", "frames": 10}])
+    m.append([{"item": "a", "status": "running"}, {"item": "b", "status": "running"}], durable=True)
+    m.append([{"item": "a", "status": "done", "frames": 10}])  # done/failed rows are durable by default
     m.append([{"item": "b", "status": "failed", "error": "x: corrupt"}])
     latest = m.latest()
     assert latest["a"]["status"] == "done" and latest["a"]["frames"] == 10

@@ -51,6 +51,22 @@ class StreamParams:
     color_trc: int
 
 
+def mov_timescale(time_base: Fraction) -> int:
+    """The track timescale the MP4/MOV muxer derives from a stream time base."""
+    ts = Fraction(time_base).denominator
+    while ts < 10000:
+        ts *= 2
+    return ts
+
+
+def container_options(fmt: str, time_base: Fraction) -> dict[str, str]:
+    """MP4/MOV write edit lists in the movie timescale (1/1000 s by default): a segment starting
+    at 79079/30000 s would come back as 79050/30000. The track's own timescale keeps it exact."""
+    if fmt in ("mp4", "mov", "m4v", "ipod", "3gp", "ismv"):
+        return {"movie_timescale": str(mov_timescale(time_base))}
+    return {}
+
+
 def check_encoder(settings: EncodeSettings, params: StreamParams) -> str | None:
     """Why this encoder cannot run here (absent, no GPU for NVENC, bad pixel format), or None."""
     try:
@@ -77,7 +93,7 @@ class SegmentWriter:
         self.frames = 0
         self.seconds = 0.0
         for fmt in ("mp4", "nut"):
-            self.container = av.open(self.tmp, "w", format=fmt)
+            self.container = av.open(self.tmp, "w", format=fmt, options=container_options(fmt, params.time_base))
             try:
                 s = self.container.add_stream(settings.codec, rate=params.rate, options=settings.codec_options())
                 break

@@ -9,7 +9,9 @@ from fractions import Fraction
 from typing import Iterator
 
 import av
+import numpy as np
 
+from .encode import container_options
 from .errors import InputError
 from .probe import VideoInfo
 
@@ -47,7 +49,7 @@ def assemble(out_path: str, segment_paths: list[str], info: VideoInfo,
     src = av.open(info.path) if copy_streams else None
     try:
         try:
-            out = av.open(out_path, "w")
+            out = av.open(out_path, "w", options=container_options(_guess_format(out_path), info.time_base))
         except (av.error.FFmpegError, ValueError) as e:
             raise InputError(f"{out_path}: cannot write output ({getattr(e, 'strerror', None) or e})") from None
         with out:
@@ -77,7 +79,7 @@ def assemble(out_path: str, segment_paths: list[str], info: VideoInfo,
                     os_.metadata.update(s.metadata)
                     os_.disposition = s.disposition
                     copies.append((s, os_))
-            iters = [_video_packets(sources, ovs, shift)]
+            iters = [_video_packets(sources, ovs, shift, info)]
             for key, (s, os_) in enumerate(copies, 1):
                 # each stream gets its own demuxer so their packets can be merged by time
                 c = av.open(info.path)
@@ -95,6 +97,13 @@ def assemble(out_path: str, segment_paths: list[str], info: VideoInfo,
             src.close()
 
 
+def _guess_format(path: str) -> str:
+    try:
+        return av.format.ContainerFormat(path.rsplit(".", 1)[-1].lower(), "w").name
+    except (ValueError, av.error.FFmpegError, IndexError):
+        return ""
+
+
 def _canonical_name(codec) -> str:
     """The codec's generic name (libdav1d -> av1), for a stream that is only muxed."""
     for name in ("av1", "h264", "hevc", "vp9", "ffv1", "prores", "mpeg4"):
@@ -106,23 +115,74 @@ def _canonical_name(codec) -> str:
     return codec.name
 
 
-def _video_packets(sources, out_stream, shift: Fraction) -> Iterator[tuple]:
-    last_dts = None
+def _segment_pts(path: str, info: VideoInfo) -> list[int]:
+    """Presentation times of a segment's packets in decode order, in the source's time base,
+    each snapped to the source frame it came from (a container may round by a tick or so)."""
+    with av.open(path) as c:
+        return _snapped(c, info)
+
+
+def _snapped(c, info: VideoInfo) -> list[int]:
+    s = c.streams.video[0]
+    scale = Fraction(s.time_base) / Fraction(info.time_base)
+    src = info.pts
+    out = []
+    for packet in c.demux(s):
+        if packet.size == 0 or packet.pts is None:
+            continue
+        t = packet.pts * scale
+        p = int(round(t))
+        i = int(np.searchsorted(src, p))
+        best = min((j for j in (i - 1, i) if 0 <= j < len(src)), key=lambda j: abs(int(src[j]) - t), default=None)
+        if best is not None:
+            gap = min((int(src[k + 1]) - int(src[k]) for k in (best - 1, best) if 0 <= k < len(src) - 1), default=1)
+            if abs(int(src[best]) - t) * 2 < gap:
+                p = int(src[best])
+        out.append(p)
+    return out
+
+
+def _video_packets(sources, out_stream, shift: Fraction, info: VideoInfo) -> Iterator[tuple]:
+    """Every packet keeps its source frame's pts; dts are rebuilt for the joined stream.
+
+    Each segment's encoder starts its own decode clock (B-frames push the first dts below the
+    first pts), so joined dts would overlap. The k-th packet gets dts = (k-th presentation time) - D,
+    with D the smallest delay that keeps every dts at or before its pts: increasing, and the gaps
+    between dts are the real frame durations, so the container's average rate is the source's."""
+    tb = Fraction(info.time_base)
+    off = int(round(shift / tb))
+    per_seg = [_segment_pts(c.name, info) for c in sources]
+    order = np.asarray([p for pts in per_seg for p in pts], dtype=np.int64)
+    shown = np.sort(order)
+    delay = max(0, int((shown - order).max())) if len(order) else 0
+    step = int(shown[1] - shown[0]) if len(shown) > 1 else 1
+    src = info.pts
+
+    def duration(p: int) -> int:
+        i = int(np.searchsorted(src, p))
+        if i + 1 < len(src) and int(src[i]) == p:
+            return int(src[i + 1]) - p
+        end = getattr(info, "end_pts", None)
+        if end is not None and end > p:
+            return int(end) - p
+        j = int(np.searchsorted(shown, p))
+        return int(shown[j] - shown[j - 1]) if 0 < j < len(shown) and shown[j] == p else step
+
+    k = 0
     seq = 0
-    for c in sources:
+    for c, pts in zip(sources, per_seg):
         s = c.streams.video[0]
-        tb = s.time_base
-        off = int(round(shift / tb))
+        n = 0
         for packet in c.demux(s):
-            if packet.size == 0:
+            if packet.size == 0 or packet.pts is None:
                 continue
-            packet.pts -= off
-            packet.dts = packet.pts if packet.dts is None else packet.dts - off  # NUT leaves dts of intra frames unset
-            # each segment's encoder starts its own decode clock; keep dts strictly increasing
-            # across the joins without touching presentation times
-            if last_dts is not None and packet.dts <= last_dts:
-                packet.dts = min(last_dts + 1, packet.pts)
-            last_dts = packet.dts
+            p = pts[n]
+            n += 1
+            dts = int(shown[k]) - delay
+            k += 1
+            packet.time_base = tb
+            packet.pts, packet.dts = p - off, dts - off
+            packet.duration = duration(p)
             packet.stream = out_stream
             seq += 1
             yield (float(packet.dts * tb), 0, seq, packet)

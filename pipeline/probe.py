@@ -37,6 +37,7 @@ class VideoInfo:
     sample_aspect_ratio: Fraction | None = None
     other_streams: list[dict] = field(default_factory=list)   # audio / subtitle / data
     metadata: dict = field(default_factory=dict)
+    end_pts: int | None = None      # when the last frame stops showing (its pts + duration)
 
     @property
     def frame_count(self) -> int:
@@ -72,11 +73,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if vs.codec_context is None or vs.codec_context.codec is None:
             _fail(path, "unsupported video codec")
         pts, keys = [], []
+        end = None
         try:
             for packet in container.demux(vs):
                 if packet.size == 0 or packet.pts is None:
                     continue
                 pts.append(packet.pts)
+                if packet.duration:
+                    end = max(end or 0, packet.pts + packet.duration)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
         except av.error.FFmpegError as e:
@@ -100,6 +104,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             other_streams=[{"index": s.index, "type": s.type, "codec": s.codec_context.name if s.codec_context else None}
                            for s in container.streams if s.type in ("audio", "subtitle")],
             metadata=dict(container.metadata),
+            end_pts=end,
         )
     return info
 

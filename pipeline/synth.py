@@ -10,6 +10,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from .encode import container_options
+
 
 def pattern(i: int, width: int, height: int) -> np.ndarray:
     """A frame with texture and motion, so compression and upscaling both have work to do."""
@@ -29,21 +31,22 @@ def make_clip(path: str, frames: int = 48, width: int = 160, height: int = 96,
               rate: Fraction = Fraction(25), codec: str = "libx264", pix_fmt: str = "yuv420p",
               gop: int = 12, audio: bool = True, vfr: bool = False, rotation: int = 0,
               subtitles: list[tuple[float, float, str]] | None = None, bframes: int = 2,
-              color_range: str | None = None) -> str:
-    """Write a clip and return its path. With `vfr`, frame durations alternate 1x/2x/3x."""
+              color_range: str | None = None, first_pts: int = 0) -> str:
+    """Write a clip and return its path. With `vfr`, frame durations alternate 1x/2x/3x;
+    `first_pts` (in the stream time base) makes the video start later than 0, as cut clips do."""
     srt = None
     if subtitles:
         fd, srt = tempfile.mkstemp(suffix=".srt")
         with os.fdopen(fd, "w") as f:
             for n, (a, b, text) in enumerate(subtitles, 1):
                 f.write(f"{n}\n{_srt_time(a)} --> {_srt_time(b)}\n{text}\n\n")
-    out = av.open(path, "w")
+    tb = Fraction(1, 1000) if vfr else 1 / rate
+    out = av.open(path, "w", options=container_options(path.rsplit(".", 1)[-1].lower(), tb))
     opts = {"g": str(gop), "bf": str(bframes), "crf": "18"} if codec in ("libx264", "libx265") else {}
     if codec == "libx265":
         opts = {"x265-params": f"keyint={gop}:min-keyint={gop}:bframes={bframes}:log-level=error", "crf": "18"}
     vs = out.add_stream(codec, rate=rate, options=opts)
     vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
-    tb = Fraction(1, 1000) if vfr else 1 / rate
     vs.time_base = tb
     vs.codec_context.time_base = tb
     if color_range == "full":
@@ -57,7 +60,7 @@ def make_clip(path: str, frames: int = 48, width: int = 160, height: int = 96,
     if srt:
         sub_in = av.open(srt)
         sub_out = out.add_stream_from_template(sub_in.streams.subtitles[0])
-    t = 0
+    t = first_pts
     steps = [1, 2, 3]
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(pattern(i, width, height), format="rgb24")

@@ -31,7 +31,7 @@ from operators.upscale import Upscaler  # noqa: E402
 from pipeline.encode import EncodeSettings, SegmentWriter, StreamParams  # noqa: E402
 from pipeline.frames import to_rgb  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
-from pipeline.stages import OPERATOR_ENV  # noqa: E402
+from pipeline.engine import OPERATOR_ENV  # noqa: E402
 from pipeline.synth import make_clip  # noqa: E402
 
 

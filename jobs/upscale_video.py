@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from jobs.common import add_ray_args, connect_ray, default_model, exit_on_input_error  # noqa: E402
+from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
+                         exit_on_input_error, validate_input, validate_model, validate_output)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--segment-frames", type=int, default=48, help="minimum frames per segment (segments start at keyframes)")
     g.add_argument("--resume", action="store_true", help="reuse finished segments of an interrupted run")
     g.add_argument("--keep-work", action="store_true", help="keep the per-segment files and manifest (OUTPUT.parts/)")
+    g.add_argument("--overwrite", action="store_true", help="replace OUTPUT when it exists (never the input itself)")
     g.add_argument("--no-progress", action="store_true")
     add_ray_args(ap)
     return ap.parse_args(argv)
@@ -70,19 +72,44 @@ def parse_args(argv=None) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from operators.upscale import INTERPOLATORS, Upscaler
-    from pipeline.video import StageSpec, VideoJob, run
-    from pipeline.encode import EncodeSettings
+    from pipeline.lock import JobLock
+    from pipeline.video import check_output, work_dir
 
+    # every check that needs no Ray comes first: a refusal costs no start-up and leaves nothing behind
+    check_job_paths(input=args.input, output=args.output, weights=args.weights)
+    validate_input(args.input)
+    validate_output(args.output, args.input, overwrite=args.overwrite)
+    check_output(args.output)
     model = args.model or default_model(args.scale)
+    degradation = {"sigma": args.blur, "l1": args.blur_l1, "l2": args.blur_l2, "theta": args.blur_theta,
+                   "noise": args.noise}
+    if model != "zssr":
+        validate_model(model, args.weights, args.scale, degradation=degradation)
+    wdir = work_dir(args.output)
+    with JobLock(wdir):  # one job per output: a second one is refused, not let loose in the same work folder
+        had_work = wdir.exists()
+        try:
+            return _run(args, model, degradation)
+        except BaseException as e:
+            from models import CheckpointError, UnknownCheckpoint
+            from pipeline.errors import InputError
+            if isinstance(e, (InputError, CheckpointError, UnknownCheckpoint)) and not had_work:
+                import shutil
+                shutil.rmtree(wdir, ignore_errors=True)  # refused: leave nothing behind
+            raise
+
+
+def _run(args, model: str, degradation: dict) -> int:
+    from operators.upscale import INTERPOLATORS, Upscaler
+    from pipeline.encode import EncodeSettings
+    from pipeline.video import StageSpec, VideoJob, run
+
     connect_ray(args)
     import ray
     gpus = args.gpus_per_actor
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
     threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // args.actors))
-    degradation = {"sigma": args.blur, "l1": args.blur_l1, "l2": args.blur_l2, "theta": args.blur_theta,
-                   "noise": args.noise}
     if model == "zssr":
         factory, identity = _zssr_factory(args, "cuda" if gpus else "cpu", gpus)
     else:

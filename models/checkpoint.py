@@ -36,7 +36,25 @@ def _is_state_dict(obj: dict) -> bool:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The file's state dict, refused (CheckpointError, one line naming the file) when it cannot be
+    read or holds NaN/Inf values: such a network writes garbage without any error of its own."""
     path = Path(path)
+    sd = _read(path)
+    bad = first_non_finite(sd)
+    if bad is not None:
+        raise CheckpointError(f"{path}: tensor {bad!r} holds NaN or Inf values; the checkpoint is damaged")
+    return sd
+
+
+def first_non_finite(sd: dict[str, torch.Tensor]) -> str | None:
+    for k, v in sd.items():
+        if v.is_floating_point() or v.is_complex():
+            if not bool(torch.isfinite(v).all()):
+                return k
+    return None
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -44,8 +62,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
-            return dict(load_file(str(path)))
+            try:
+                return dict(load_file(str(path)))
+            except SafetensorError as e:
+                raise CheckpointError(f"{path}: unreadable or truncated safetensors file: "
+                                      f"{str(e).splitlines()[0] if str(e) else 'invalid'}") from None
         if suffix == ".mat":
             from .srmd import state_dict_from_matconvnet
             return state_dict_from_matconvnet(path)

@@ -7,6 +7,7 @@ key names, no pickle), after checking that it loads strictly into its architectu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from safetensors.torch import save_file
@@ -22,7 +23,16 @@ def convert(src: str, dst: str, arch: str | None = None) -> dict[str, str]:
     clean = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     meta = {"arch": spec.arch, "variant": spec.variant, "scale": str(spec.scale), "source": str(src)}
     save_file(clean, dst, metadata=meta)
+    apply_umask(dst)
     return meta
+
+
+def apply_umask(path: str) -> None:
+    """safetensors writes 0600 (a private temp file renamed): give the file the mode any new file
+    gets under the user's umask, like `cp` would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def main(argv=None) -> int:

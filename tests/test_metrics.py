@@ -87,3 +87,59 @@ def test_bicubic_baseline_matches_srcnn_table_set5_x2():
         assert q["psnr"] == math.inf and q["ssim"] == pytest.approx(1.0)
         assert q["psnr_bicubic"] == pytest.approx(want, abs=0.03), name
         assert 0.85 < q["ssim_bicubic"] < 0.98
+
+
+# ------------------------------------------------------------------------------ report
+
+def test_report_files_from_set5(tmp_path, capsys):
+    """A run on Set5 x2 with bicubic as the 'model' and a slightly worse baseline, plus one failure."""
+    import json
+
+    from PIL import Image
+
+    from pipeline.metrics import bicubic
+    from pipeline.report import detail_window, pick_items, write_report
+    rows, crops = [], {}
+    for name in ("baby", "bird", "butterfly", "head", "woman"):
+        lr = read_image(shared_path("data", "Set5", "LR_bicubic", "X2", f"{name}x2.png")).rgb
+        hr = read_image(shared_path("data", "Set5", "HR", f"{name}.png")).rgb
+        up = bicubic(lr, 2)
+        worse = np.clip(up.astype(int) + 4, 0, 255).astype(np.uint8)
+        p, s = item_metrics(up, hr, 2)
+        pb, sb = item_metrics(worse, hr, 2)
+        rows.append({"item": f"Set5/{name}.png", "status": "done", "psnr": p, "ssim": s,
+                     "psnr_bicubic": pb, "ssim_bicubic": sb, "seconds": 0.5})
+        crops[f"Set5/{name}.png"] = (worse, up, hr[: up.shape[0], : up.shape[1]])
+    rows.append({"item": "Set5/bad.png", "status": "failed", "error": "Set5/bad.png: empty file (0 bytes)"})
+    assert [it for _, it in pick_items(rows, 1)] == ["Set5/butterfly.png", "Set5/baby.png"]
+    out = write_report(tmp_path, rows, crops=crops, n_crops=2, wall_seconds=2.0)
+    assert set(out["paths"]) == {"report.txt", "report.json", "quality.png", "crops.png"}
+    j = json.loads((tmp_path / "report.json").read_text())
+    assert j["summary"]["by_status"] == {"done": 5, "failed": 1}
+    assert j["summary"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in rows[:5]]))
+    assert 33.6 < j["summary"]["psnr"] < 33.7                       # Set5 x2 bicubic, published 33.66
+    assert j["summary"]["items_per_second"] == pytest.approx(2.5)
+    txt = (tmp_path / "report.txt").read_text()
+    assert txt.splitlines()[2].startswith("Set5/butterfly.png")     # worst first
+    assert "failed: Set5/bad.png: empty file (0 bytes)" in txt
+    assert "Set5/bad.png" in capsys.readouterr().out
+    q, c = Image.open(tmp_path / "quality.png"), Image.open(tmp_path / "crops.png")
+    assert q.format == c.format == "PNG" and q.size[0] > 300 and c.size[1] > c.size[0]   # 4 rows of 3 crops
+    # the detail window lands on the textured square of a flat image
+    img = np.full((200, 200), 128, np.uint8)
+    img[120:160, 30:70] = np.random.default_rng(0).integers(0, 256, (40, 40))
+    y, x = detail_window(img, 40)
+    assert abs(y - 120) <= 2 and abs(x - 30) <= 2
+
+
+def test_report_without_metrics_and_infinite_psnr(tmp_path):
+    import json
+
+    from pipeline.report import write_report
+    rows = [{"item": "a.jpg", "status": "done", "seconds": 1.0},
+            {"item": "b.jpg", "status": "done", "psnr": math.inf, "ssim": 1.0, "seconds": 1.0}]
+    out = write_report(tmp_path, rows, echo=False)
+    assert "crops.png" not in out["paths"]
+    j = json.loads((tmp_path / "report.json").read_text())
+    assert j["items"][1]["psnr"] == "inf" and j["summary"]["by_status"] == {"done": 2}
+    assert write_report(tmp_path / "none", rows[:1], echo=False)["paths"].keys() == {"report.txt", "report.json"}

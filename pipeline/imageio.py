@@ -13,6 +13,8 @@ iCCP/eXIf chunks added back here; BMP keeps neither ICC nor EXIF nor alpha.
 """
 from __future__ import annotations
 
+import dataclasses
+import errno
 import io
 import os
 import struct
@@ -72,6 +74,11 @@ class Picture:
     def grayscale(self) -> bool:
         return self.mode in GRAY_MODES
 
+    def without_pixels(self) -> "Picture":
+        """The metadata alone (rgb/alpha None): what the sink needs beside the batch to write the
+        file back (`write_image(..., picture=p.without_pixels())`), small enough to ship anywhere."""
+        return dataclasses.replace(self, rgb=None, alpha=None)
+
 
 def image_format(path) -> str | None:
     """Format named by the extension (case-insensitive), or None."""
@@ -91,8 +98,12 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = MIN_S
     try:
         st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(path, "missing", "broken symlink (target missing)") from None
         raise ImageError(path, "missing", "missing (no such file)") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageError(path, "unreadable", "symlink loop") from None
         raise ImageError(path, "unreadable", f"unreadable ({e.strerror or e})") from None
     if not path.is_file():
         raise ImageError(path, "unsupported", "not a regular file")
@@ -159,6 +170,9 @@ def _to_picture(path: Path, im: Image.Image, fmt: str, deep_rgb: bool) -> Pictur
     exif = im.getexif()
     orientation = int(exif.get(ORIENTATION, 1) or 1)
     notes: list[str] = []
+    frames = getattr(im, "n_frames", 1) or 1
+    if frames > 1:
+        notes.append(f"{frames} frames/pages: the first only")
     mode = im.mode
     cmyk = None
     alpha = None
@@ -359,11 +373,12 @@ def _exif_for_output(exif: bytes, w: int, h: int) -> bytes | None:
         ex.load(exif)
         if ORIENTATION in ex:
             ex[ORIENTATION] = 1
-        sub = ex.get_ifd(_EXIF_IFD)
-        if 0xA002 in sub:
-            sub[0xA002] = w
-        if 0xA003 in sub:
-            sub[0xA003] = h
+        if _EXIF_IFD in ex:
+            sub = ex.get_ifd(_EXIF_IFD)
+            if 0xA002 in sub:
+                sub[0xA002] = w
+            if 0xA003 in sub:
+                sub[0xA003] = h
         return ex.tobytes()
     except Exception:    # noqa: BLE001 - keep the source bytes rather than fail the write
         return exif
@@ -396,6 +411,8 @@ def _encode_pillow(fmt, rgb, alpha, gray, cmyk, pic, icc, exif, quality, opts) -
     kw = {}
     if icc and fmt != "BMP":
         kw["icc_profile"] = icc
+    if exif and fmt == "TIFF":
+        exif = _tiff_exif(exif)          # Pillow/libtiff write IFD0 tags; sub-IFD pointers break the save
     if exif and fmt != "BMP":
         kw["exif"] = exif
     if quality is not None and fmt in ("JPEG", "WEBP"):
@@ -408,15 +425,29 @@ def _encode_pillow(fmt, rgb, alpha, gray, cmyk, pic, icc, exif, quality, opts) -
     buf = io.BytesIO()
     try:
         im.save(buf, fmt, **kw)
-    except ValueError as e:
-        if "exif" in kw and "EXIF" in str(e).upper():      # JPEG APP1 holds 64 kB
-            warnings.warn(f"EXIF too long for {fmt} ({len(exif)} bytes); dropped")
+    except (ValueError, RuntimeError, OSError) as e:
+        # JPEG's APP1 holds 64 kB; libtiff refuses some EXIF values: the pixels matter more
+        if "exif" in kw:
+            warnings.warn(f"EXIF not writable in {fmt} ({_short(e)}); dropped")
             kw.pop("exif")
             buf = io.BytesIO()
             im.save(buf, fmt, **kw)
         else:
             raise
     return buf.getvalue()
+
+
+def _tiff_exif(exif: bytes) -> bytes | None:
+    try:
+        ex = Image.Exif()
+        ex.load(exif)
+        keep = Image.Exif()
+        for tag, v in ex.items():
+            if tag not in (_EXIF_IFD, _GPS_IFD, 0x8825, 0xA005):
+                keep[tag] = v
+        return keep.tobytes() if len(keep) else None
+    except Exception:    # noqa: BLE001
+        return None
 
 
 def _encode_deep_rgb(name, fmt, rgb, alpha, icc, exif) -> bytes:

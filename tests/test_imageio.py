@@ -415,3 +415,32 @@ def test_unreadable_file(tmp_path, monkeypatch):
 def test_picture_dataclass_defaults():
     pic = Picture(rgb=np.zeros((2, 2, 3), np.uint8), alpha=None, mode="L", format="PNG", size=(2, 2))
     assert pic.grayscale and pic.exif is None and pic.notes == []
+
+
+def test_symlinks_and_multi_page(tmp_path):
+    os.symlink("loop.png", tmp_path / "loop.png")
+    assert "symlink loop" in refused(tmp_path / "loop.png", "unreadable")
+    os.symlink("gone.png", tmp_path / "dangling.png")
+    assert "broken symlink" in refused(tmp_path / "dangling.png", "missing")
+    pages = [Image.new("RGB", (6, 4), c) for c in ((255, 0, 0), (0, 255, 0))]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    pic = read_image(tmp_path / "two.tif")
+    assert (pic.rgb == [255, 0, 0]).all() and any("2 frames" in n for n in pic.notes)
+    meta = pic.without_pixels()
+    assert meta.rgb is None and meta.mode == "RGB" and pic.rgb is not None
+
+
+def test_real_photo_icc_and_exif_carried(tmp_path):
+    src = shared_path("data", "faces", "face_recognition", "obama_and_biden.jpg")     # embeds a 3144-byte profile
+    icc = Image.open(src).info["icc_profile"]
+    pic = read_image(src)
+    assert pic.icc == icc
+    for ext in ("jpg", "png", "webp", "tif"):
+        write_image(tmp_path / f"o.{ext}", pic.rgb, picture=pic)
+        assert Image.open(tmp_path / f"o.{ext}").info.get("icc_profile") == icc, ext
+    cam = shared_path("data", "faces", "codeformer", "whole_imgs", "00.jpg")           # EXIF, orientation 1
+    pic = read_image(cam)
+    src_exif = Image.open(cam).getexif()
+    write_image(tmp_path / "cam.jpg", pic.rgb, picture=pic)
+    out_exif = Image.open(tmp_path / "cam.jpg").getexif()
+    assert dict(out_exif) == dict(src_exif)

@@ -1,0 +1,96 @@
+"""Alignment: each face mapped by a similarity transform onto the face model's canonical 5-point
+template and cropped from the LR frame at the model's input size.
+
+Only these crops travel to the face-SR pool. Templates are measured, not copied: the median YuNet
+landmarks over 400 images of each training set, mirrored to be symmetric, so a face crop is framed
+the way the face model saw its training faces:
+
+* `utkface` (../shared/data/faces_train/utkface, 200x200 aligned faces; the rayscale-face models):
+  eyes at (0.305, 0.291) / (0.695, 0.291), nose (0.5, 0.499), mouth (0.335, 0.685) / (0.665, 0.685).
+* `celeba` (FSRNet's CelebA 128x128 crops; FSRNet, Super-FAN): eyes (0.365, 0.367), nose
+  (0.5, 0.521), mouth (0.384, 0.641).
+
+The fit is least squares over all five points (estimateAffinePartial2D with a threshold that
+keeps every point an inlier, then its Levenberg-Marquardt refinement); a face whose landmarks
+give no fit falls back to its box. Faces larger than the crop are sampled at an integer multiple
+of the crop size and reduced with INTER_AREA, so downscaled crops do not alias."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from ..base import Batch, Operator
+
+TEMPLATES = {
+    "utkface": np.array([[0.305, 0.291], [0.695, 0.291], [0.5, 0.499], [0.335, 0.685], [0.665, 0.685]], np.float32),
+    "celeba": np.array([[0.365, 0.367], [0.635, 0.367], [0.5, 0.521], [0.384, 0.641], [0.616, 0.641]], np.float32),
+}
+
+
+def template_for(model: str) -> str:
+    """The template a face model was trained on: FSRNet and Super-FAN use CelebA's framing."""
+    return "celeba" if any(k in str(model).lower() for k in ("fsrnet", "superfan", "celeba")) else "utkface"
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """2x3 similarity (rotation, uniform scale, translation) taking points src to dst."""
+    m, _ = cv2.estimateAffinePartial2D(src.astype(np.float32), dst.astype(np.float32), method=cv2.RANSAC,
+                                       ransacReprojThreshold=1e6, refineIters=20)
+    return m
+
+
+def box_similarity(box: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
+    """Fallback: scale and shift so the box's width and centre match the template's eye/mouth span."""
+    x0, y0, x1, y1 = box
+    span = (template[1, 0] - template[0, 0]) * size / 0.55      # eye distance: ~0.55 of a YuNet box width
+    s = span / max(x1 - x0, 1e-3)
+    cx, cy = template[:, 0].mean() * size, template[:, 1].mean() * size
+    return np.array([[s, 0, cx - s * (x0 + x1) / 2], [0, s, cy - s * (y0 + y1) / 2]], np.float64)
+
+
+def warp_crop(frame: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """The size x size crop of `frame` under the 2x3 map m (frame -> crop), antialiased."""
+    zoom = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    k = max(1, math.ceil(1.0 / zoom - 1e-6)) if zoom < 1 else 1
+    if k == 1:
+        return cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    # sample at k x the crop size (pixel centres: x_k = k (x + 0.5) - 0.5), then area-average down
+    mk = m * k
+    mk[:, 2] += (k - 1) / 2
+    big = cv2.warpAffine(frame, mk, (size * k, size * k), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+
+
+class FaceAlign(Operator):
+    """Crops (N,K,s,s,3) of the LR frames and the maps LR frame -> crop (N,K,2,3)."""
+
+    reads = ("frames", "faces_count", "faces_landmarks", "faces_box")
+    writes = ("faces_crops", "faces_affine")
+
+    def __init__(self, crop_size: int = 16, template: str | np.ndarray = "utkface"):
+        if isinstance(template, str):
+            if template not in TEMPLATES:
+                raise ValueError(f"unknown face template {template!r} (known: {', '.join(TEMPLATES)})")
+            template = TEMPLATES[template]
+        self.size = int(crop_size)
+        self.template = np.asarray(template, np.float32).reshape(5, 2)
+
+    def affine(self, landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
+        m = similarity(landmarks, self.template * self.size)
+        return box_similarity(box, self.template, self.size) if m is None or not np.isfinite(m).all() else m
+
+    def __call__(self, batch: Batch) -> Batch:
+        frames, count = batch["frames"], batch["faces_count"]
+        n, k = len(frames), batch["faces_landmarks"].shape[1]
+        crops = np.zeros((n, k, self.size, self.size, 3), frames.dtype)
+        affine = np.zeros((n, k, 2, 3), np.float32)
+        for i in range(n):
+            for j in range(int(count[i])):
+                m = self.affine(batch["faces_landmarks"][i, j], batch["faces_box"][i, j])
+                affine[i, j] = m
+                crops[i, j] = warp_crop(frames[i], m, self.size)
+        out = dict(batch)
+        out["faces_crops"], out["faces_affine"] = crops, affine
+        return out

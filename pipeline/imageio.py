@@ -144,7 +144,8 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = MIN_S
                                  f"({w * h / 1e6:.1f} MP > limit {max_pixels / 1e6:.1f} MP)")
             if min(w, h) < min_size:
                 raise ImageError(path, "too_small", f"too small: {w}x{h} (each side must be >= {min_size})")
-            deep = im.mode in ("RGB", "RGBA", "LA") and "16" in _rawmode_safe(im)   # tile is gone after load
+            raw = _rawmode_safe(im)                 # read before load(), which clears im.tile
+            deep = raw if im.mode in ("RGB", "RGBA", "LA") and "16" in raw else ""
             try:
                 im.load()
             except (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error) as e:
@@ -165,7 +166,7 @@ def _rawmode(im) -> str:
     return args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else "")
 
 
-def _to_picture(path: Path, im: Image.Image, fmt: str, deep_rgb: bool) -> Picture:
+def _to_picture(path: Path, im: Image.Image, fmt: str, deep_raw: str) -> Picture:
     icc = im.info.get("icc_profile") or None
     exif = im.getexif()
     orientation = int(exif.get(ORIENTATION, 1) or 1)
@@ -176,18 +177,8 @@ def _to_picture(path: Path, im: Image.Image, fmt: str, deep_rgb: bool) -> Pictur
     mode = im.mode
     cmyk = None
     alpha = None
-    if deep_rgb:
-        # Pillow decodes 16-bit RGB(A) to 8 bits; cv2 keeps them (im.load() above checked truncation)
-        arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-        if arr is None or arr.dtype != np.uint16:
-            raise ImageError(path, "truncated", f"16-bit {fmt} data cv2 cannot decode")
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.shape[2] in (2, 4):
-            alpha = arr[..., -1]
-            arr = arr[..., :-1]
-        rgb = np.repeat(arr, 3, 2) if arr.shape[2] == 1 else arr[..., ::-1]
-        mode = {"RGB": "RGB;16", "RGBA": "RGBA;16", "LA": "LA;16"}[im.mode]
+    if deep_raw:
+        rgb, alpha, mode = _decode_deep(path, im, fmt, deep_raw, notes)
     elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         g = np.asarray(im)
         if g.dtype != np.uint16:           # 32-bit integer grayscale: keep what 16 bits hold
@@ -234,6 +225,25 @@ def _to_picture(path: Path, im: Image.Image, fmt: str, deep_rgb: bool) -> Pictur
     h, w = rgb.shape[:2]
     return Picture(rgb=rgb, alpha=alpha, mode=mode, format=fmt, size=(w, h), exif=exif_bytes, icc=icc,
                    path=str(path), cmyk_conversion=cmyk, notes=notes)
+
+
+def _decode_deep(path: Path, im: Image.Image, fmt: str, raw: str, notes: list):
+    """16-bit RGB(A)/LA: Pillow decodes them to 8 bits (the high byte), cv2 keeps 16. The two
+    decoders are checked against each other (cv2's high bytes must be Pillow's pixels, which also
+    catches a byte order mix-up); when they disagree Pillow's 8 bits are used, with a note."""
+    ref8 = np.asarray(im)                                   # (H,W,3|4) uint8, grey replicated for LA
+    arr = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    gray = raw.startswith("LA") or raw.startswith("I")
+    if arr is not None and arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[:2] == ref8.shape[:2]:
+        arr = np.concatenate([arr[..., 2::-1], arr[..., 3:]], 2)                  # BGR(A) -> RGB(A)
+        for cand in (arr, arr.byteswap()):
+            if cand.shape[2] == ref8.shape[2] and np.array_equal((cand >> 8).astype(np.uint8), ref8):
+                alpha = np.ascontiguousarray(cand[..., 3]) if cand.shape[2] == 4 else None
+                mode = "LA;16" if gray else ("RGBA;16" if alpha is not None else "RGB;16")
+                return np.ascontiguousarray(cand[..., :3]), alpha, mode
+    notes.append(f"16-bit {fmt} ({raw}) read as 8 bits: cv2 could not decode it the way Pillow does")
+    alpha = np.ascontiguousarray(ref8[..., 3]) if ref8.shape[2] == 4 else None
+    return np.ascontiguousarray(ref8[..., :3]), alpha, ("LA" if gray else im.mode)
 
 
 def _rawmode_safe(im) -> str:
@@ -337,6 +347,9 @@ def write_image(path, rgb: np.ndarray, alpha: np.ndarray | None = None, picture:
     if fmt == "BMP" and icc:
         warnings.warn(f"{name}: BMP holds no ICC profile; dropped")
 
+    if rgb.dtype == np.uint16 and gray and alpha is not None:
+        warnings.warn(f"{name}: 16-bit grey with alpha has no Pillow mode; written as 16-bit RGBA")
+        gray = False
     if rgb.dtype == np.uint16 and not gray:
         data = _encode_deep_rgb(name, fmt, rgb, alpha, icc, exif)
     else:
@@ -390,10 +403,6 @@ def _encode_pillow(fmt, rgb, alpha, gray, cmyk, pic, icc, exif, quality, opts) -
         g = np.round(rgb.astype(np.float32).mean(-1))
         if rgb.dtype == np.uint16:
             im = Image.fromarray(np.clip(g, 0, 65535).astype(np.uint16))          # mode I;16
-            if alpha is not None:
-                warnings.warn("16-bit grayscale with alpha: alpha written 8-bit beside 16-bit grey is not "
-                              "possible in Pillow; alpha dropped")
-                alpha = None
         else:
             im = Image.fromarray(np.clip(g, 0, 255).astype(np.uint8))             # mode L
             if alpha is not None:

@@ -444,3 +444,22 @@ def test_real_photo_icc_and_exif_carried(tmp_path):
     write_image(tmp_path / "cam.jpg", pic.rgb, picture=pic)
     out_exif = Image.open(tmp_path / "cam.jpg").getexif()
     assert dict(out_exif) == dict(src_exif)
+
+
+def test_16bit_grey_alpha_png(tmp_path):
+    """Grey+alpha 16-bit (PNG colour type 4, big-endian samples), made byte by byte: Pillow has no
+    such mode (it gives 8-bit RGBA); the reader must give the 16-bit values written."""
+    h, w = 5, 7
+    g = (np.arange(h * w).reshape(h, w) * 1000).astype(">u2")
+    a = (65535 - np.arange(h * w).reshape(h, w) * 999).astype(">u2")
+    raw = b"".join(b"\x00" + np.stack([g[i], a[i]], 1).astype(">u2").tobytes() for i in range(h))
+    p = tmp_path / "la16.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + imageio._png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+                  + imageio._png_chunk(b"IDAT", zlib.compress(raw)) + imageio._png_chunk(b"IEND", b""))
+    pic = read_image(p)
+    assert pic.mode == "LA;16" and pic.grayscale and pic.rgb.dtype == np.uint16
+    assert np.array_equal(pic.rgb[..., 1], g) and np.array_equal(pic.alpha, a)
+    with pytest.warns(UserWarning, match="16-bit RGBA"):
+        write_image(tmp_path / "o.png", pic.rgb, pic.alpha, picture=pic)
+    back = read_image(tmp_path / "o.png")
+    assert back.rgb.dtype == np.uint16 and np.array_equal(back.rgb[..., 0], g) and np.array_equal(back.alpha, a)

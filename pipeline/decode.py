@@ -1,4 +1,10 @@
-"""Decode one segment of a video into frame batches (runs in a CPU worker)."""
+"""Decode one segment of a video into frame batches (runs in a CPU worker).
+
+Damaged input never fails a segment. Frames come out in presentation order whatever order a
+confused decoder emits them in, and every source timestamp gets a frame: one the decoder cannot
+produce is shown as the previous good frame (the next good one at the start of a segment; black
+when nothing in the segment decodes), so the output keeps the source's timing, frame count and
+audio sync. Each stand-in is reported with its frame numbers and times."""
 from __future__ import annotations
 
 import sys
@@ -12,64 +18,151 @@ from .frames import to_rgb
 from .probe import VideoInfo
 from .segments import Segment
 
+# frames decoded past a missing one before it is given up as lost (bounds memory: at most this
+# many frames wait for a late one)
+REORDER_WINDOW = 8
+_MAX_ERROR_LINES = 3
+
+
+def _ranges(indices: list[int]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for i in sorted(indices):
+        if out and i == out[-1][1] + 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i])
+    return [(a, b) for a, b in out]
+
 
 def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[dict]:
-    """Yield batches {frames, index, pts, segment, warnings, timings} in display order.
+    """Yield batches {frames, index, pts, repeated, concealed, segment, warnings, timings}.
 
-    Seeks to the segment's keyframe and decodes until every expected frame of the segment has
-    appeared; frames the decoder cannot produce are reported, not invented."""
-    wanted = info.pts[seg.first_frame: seg.first_frame + seg.frame_count]
-    position = {int(p): seg.first_frame + i for i, p in enumerate(wanted)}
-    seen: set[int] = set()
+    `repeated` (bool, N): the row stands in for a frame that could not be decoded; `concealed`
+    (bool, N): the decoder produced the frame but marked it corrupt. Both are columns in the sense
+    of docs/batches.md; `segment`, `warnings` and `timings` travel beside the columns."""
+    wanted = [int(p) for p in info.pts[seg.first_frame: seg.first_frame + seg.frame_count]]
+    n = len(wanted)
+    slot = {p: i for i, p in enumerate(wanted)}
+    pending: dict[int, np.ndarray] = {}       # slot -> decoded frame not yet passed on
+    done = [False] * n
+    state = {"next": 0, "last": None, "late": 0, "errors": 0}
+    lost: list[int] = []
     warnings: list[str] = []
-    frames, index, pts = [], [], []
+    frames, index, pts, repeated, concealed = [], [], [], [], []
+    corrupt: set[int] = set()
     t0 = time.perf_counter()
-
-    def flush():
-        nonlocal frames, index, pts, warnings
-        batch = {"frames": np.stack(frames), "index": np.asarray(index, dtype=np.int64),
-                 "pts": np.asarray(pts, dtype=np.int64), "segment": seg.index,
-                 "warnings": warnings, "timings": {"decode": time.perf_counter() - t0}}
-        frames, index, pts, warnings = [], [], [], []
-        return batch
+    dtype = np.uint8 if info.bit_depth <= 8 else np.uint16
 
     def warn(msg: str):
         line = f"{info.path}: {msg}"
         print(line, file=sys.stderr, flush=True)
         warnings.append(line)
 
+    def flush():
+        nonlocal frames, index, pts, warnings, repeated, concealed
+        batch = {"frames": np.stack(frames), "index": np.asarray(index, dtype=np.int64),
+                 "pts": np.asarray(pts, dtype=np.int64), "repeated": np.asarray(repeated, dtype=bool),
+                 "concealed": np.asarray(concealed, dtype=bool), "segment": seg.index,
+                 "warnings": warnings, "timings": {"decode": time.perf_counter() - t0}}
+        frames, index, pts, warnings, repeated, concealed = [], [], [], [], [], []
+        return batch
+
+    def emit(i: int, img: np.ndarray, stand_in: bool):
+        frames.append(img)
+        index.append(seg.first_frame + i)
+        pts.append(wanted[i])
+        done[i] = True
+        repeated.append(stand_in)
+        concealed.append(i in corrupt and not stand_in)
+        if stand_in:
+            lost.append(i)
+        else:
+            state["last"] = img
+
+    def advance(final: bool):
+        """Pass on every frame whose turn has come; give up on missing ones once enough later
+        frames have arrived (or the stream has ended)."""
+        out = []
+        while state["next"] < n:
+            i = state["next"]
+            if i in pending:
+                emit(i, pending.pop(i), False)
+            elif final or len(pending) >= REORDER_WINDOW:
+                stand_in = state["last"]
+                if stand_in is None and pending:
+                    stand_in = pending[min(pending)]
+                if stand_in is None:
+                    if not final:
+                        break
+                    stand_in = np.zeros((info.height, info.width, 3), dtype)
+                emit(i, stand_in, True)
+            else:
+                break
+            state["next"] += 1
+            if len(frames) == batch_size:
+                out.append(flush())
+        return out
+
     with av.open(info.path) as container:
         vs = container.streams[info.stream_index]
         vs.thread_type = "AUTO"
         container.seek(seg.start_pts, stream=vs, backward=True, any_frame=False)
-        for packet in container.demux(vs):
+        packets = container.demux(vs)
+        while state["next"] < n:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                warn(f"unreadable video data after {info.seconds(wanted[state['next']]):.3f}s; "
+                     f"the rest of segment {seg.index} is not decoded ({e.strerror or type(e).__name__})")
+                break
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as e:
-                t = info.seconds(packet.pts) if packet.pts is not None else float("nan")
-                warn(f"corrupt video data at {t:.3f}s skipped ({e.strerror or type(e).__name__})")
+                state["errors"] += 1
+                if state["errors"] <= _MAX_ERROR_LINES:
+                    t = info.seconds(packet.pts) if packet.pts is not None else float("nan")
+                    warn(f"corrupt video data at {t:.3f}s skipped ({e.strerror or type(e).__name__})")
                 continue
             for frame in decoded:
-                p = frame.pts
-                if p not in position or p in seen:
+                i = slot.get(frame.pts)
+                if i is None or i in pending:
                     continue
-                seen.add(p)
+                if done[i]:          # arrived after a stand-in took its place
+                    state["late"] += 1
+                    continue
                 if frame.is_corrupt:
-                    warn(f"frame {position[p]} at {info.seconds(p):.3f}s is corrupt (decoded with concealment)")
-                frames.append(to_rgb(frame, info.bit_depth, info.colorspace, info.color_range))
-                index.append(position[p])
-                pts.append(p)
-                if len(frames) == batch_size:
-                    yield flush()
-                    t0 = time.perf_counter()  # time paused by back-pressure is not decode time
-            if len(seen) == len(position):
-                break
-    missing = len(position) - len(seen)
-    if missing:
-        warn(f"{missing} frame(s) of segment {seg.index} could not be decoded and are missing from the output")
-    if frames:
-        yield flush()
-    elif warnings:
-        yield {"frames": np.zeros((0, info.height, info.width, 3), np.uint8 if info.bit_depth <= 8 else np.uint16),
-               "index": np.zeros(0, np.int64), "pts": np.zeros(0, np.int64), "segment": seg.index,
-               "warnings": warnings, "timings": {}}
+                    corrupt.add(i)
+                    if len(corrupt) <= _MAX_ERROR_LINES:
+                        warn(f"frame {seg.first_frame + i} at {info.seconds(frame.pts):.3f}s is corrupt "
+                             f"(decoded with concealment)")
+                pending[i] = to_rgb(frame, info.bit_depth, info.colorspace, info.color_range)
+            for batch in advance(False):
+                yield batch
+                t0 = time.perf_counter()  # time paused by back-pressure is not decode time
+        for batch in advance(True):
+            yield batch
+            t0 = time.perf_counter()
+    if state["errors"] > _MAX_ERROR_LINES:
+        warn(f"{state['errors'] - _MAX_ERROR_LINES} more corrupt packet(s) in segment {seg.index} skipped")
+    if len(corrupt) > _MAX_ERROR_LINES:
+        warn(f"{len(corrupt) - _MAX_ERROR_LINES} more frame(s) of segment {seg.index} decoded with concealment")
+    if lost:
+        where = ", ".join(f"{seg.first_frame + a} ({info.seconds(wanted[a]):.3f}s)" if a == b else
+                          f"{seg.first_frame + a}-{seg.first_frame + b} "
+                          f"({info.seconds(wanted[a]):.3f}-{info.seconds(wanted[b]):.3f}s)"
+                          for a, b in _ranges(lost))
+        how = "black" if len(lost) == n else "a copy of the nearest good frame"
+        warn(f"{len(lost)} frame(s) of segment {seg.index} could not be decoded, shown as {how} "
+             f"to keep the timing: frame(s) {where}")
+    if state["late"]:
+        warn(f"{state['late']} frame(s) of segment {seg.index} came after their stand-in and were dropped")
+    if frames or warnings:
+        if not frames:
+            yield {"frames": np.zeros((0, info.height, info.width, 3), dtype),
+                   "index": np.zeros(0, np.int64), "pts": np.zeros(0, np.int64),
+                   "repeated": np.zeros(0, bool), "concealed": np.zeros(0, bool), "segment": seg.index,
+                   "warnings": warnings, "timings": {}}
+        else:
+            yield flush()

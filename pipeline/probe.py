@@ -110,10 +110,19 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def _first_frame(container, vs, path):
+    """The first frame the decoder can give: damaged packets at the start are skipped (the
+    decoder reports them per segment later), so only a stream with nothing decodable is refused."""
     container.seek(0, stream=vs) if vs.start_time is None else container.seek(vs.start_time, stream=vs)
+    error = None
     try:
-        for frame in container.decode(vs):
-            return frame
+        for packet in container.demux(vs):
+            try:
+                for frame in packet.decode():
+                    return frame
+            except av.error.FFmpegError as e:
+                error = error or e
     except av.error.FFmpegError as e:
-        _fail(path, f"video stream cannot be decoded ({e.strerror or type(e).__name__})")
+        error = error or e
+    if error is not None:
+        _fail(path, f"video stream cannot be decoded ({error.strerror or type(error).__name__})")
     _fail(path, "video stream has no decodable frame (corrupt or truncated)")

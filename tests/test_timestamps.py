@@ -7,12 +7,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import decode_segment
-from pipeline.encode import EncodeSettings, SegmentWriter, StreamParams
-from pipeline.mux import assemble
-from pipeline.probe import probe
-from pipeline.segments import plan_segments
 from pipeline.synth import make_clip
+from tests.media import upscale_identity
 
 
 def source_times(path):
@@ -26,30 +22,6 @@ def output_times(path):
     with av.open(path) as c:
         s = c.streams.video[0]
         return [f.pts * s.time_base for f in c.decode(s)], s.average_rate
-
-
-def upscale_identity(src, tmp_path, min_frames, start=None, end=None, codec="libx264", ext="mp4"):
-    """Decode each planned segment, encode it to its own file, join them: the engine's path."""
-    info = probe(src)
-    to_pts = (lambda t: None if t is None else int(Fraction(t) / info.time_base))
-    segs = plan_segments(info.pts, info.keyframe_pts, min_frames, to_pts(start), to_pts(end))
-    params = StreamParams(width=info.width, height=info.height, time_base=info.time_base,
-                          rate=info.average_rate, pix_fmt=info.pix_fmt, colorspace=info.colorspace,
-                          color_range=info.color_range, color_primaries=info.color_primaries,
-                          color_trc=info.color_trc)
-    paths = []
-    for seg in segs:
-        path = str(tmp_path / f"{seg.name}.seg")
-        w = SegmentWriter(path, EncodeSettings(codec=codec), params)
-        for batch in decode_segment(info, seg, 5):
-            w.write(batch["frames"], batch["pts"])
-        w.close()
-        paths.append(path)
-    out = str(tmp_path / f"out.{ext}")
-    t0 = None if start is None else Fraction(int(info.pts[segs[0].first_frame])) * info.time_base
-    t1 = None if end is None else Fraction(to_pts(end)) * info.time_base
-    assemble(out, paths, info, start=t0, end=t1)
-    return out, segs
 
 
 def test_three_segments_at_30000_1001_keep_every_pts_and_the_rate(tmp_path):

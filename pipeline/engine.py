@@ -45,6 +45,7 @@ class Entry:
     mtime: float | None = None
     hash: str | None = None
     units: int = 1                     # progress units (frames of a segment, 1 per image)
+    attempts: int = 0                  # attempts in earlier runs (from the manifest)
 
 
 @dataclass
@@ -383,8 +384,12 @@ class Summary:
 
     def lines(self) -> list[str]:
         per = f"{self.unit}s/s"
-        out = [f"{self.unit}s: {self.units}  {self.item_name}s: {self.items + self.reused} ({self.reused} reused)  "
-               f"wall: {self.seconds:.1f}s  {self.fps:.2f} {per}  (steady {self.steady_fps:.2f} {per})"]
+        if self.item_name == "segment":   # a video: entries are its segments
+            counts = f"{self.unit}s: {self.units}  segments: {self.items + self.reused} ({self.reused} reused)"
+        else:
+            counts = (f"{self.unit}s: {self.units} ({self.reused} reused, {len(self.failed)} failed)  "
+                      f"{self.item_name}s: {self.items}")
+        out = [f"{counts}  wall: {self.seconds:.1f}s  {self.fps:.2f} {per}  (steady {self.steady_fps:.2f} {per})"]
         if self.stage_seconds:
             out.append("time per stage (worker-seconds): " + ", ".join(
                 f"{k} {v:.1f}s" for k, v in sorted(self.stage_seconds.items())))
@@ -415,13 +420,15 @@ def done_entries(manifest, settings: str) -> dict[str, dict]:
     """Entries whose newest manifest row is `done` under the same settings, with their output present."""
     if manifest is None:
         return {}
-    out = {}
-    for key, row in manifest.latest().items():
-        if row.get("status") == "done" and row.get("settings") == settings:
-            output = row.get("output")
-            if not output or os.path.exists(output):
-                out[key] = row
-    return out
+    if hasattr(manifest, "state"):      # vectorised: a million-row manifest is filtered in Arrow
+        import pyarrow.compute as pc
+        t = manifest.state(statuses=["done"])
+        t = t.filter(pc.equal(t["settings"], settings))
+        rows = t.select([c for c in ("item", "output", "frames", "hash", "psnr", "ssim", "psnr_bicubic",
+                                     "ssim_bicubic") if c in t.column_names]).to_pylist()
+    else:
+        rows = [r for r in manifest.latest().values() if r.get("status") == "done" and r.get("settings") == settings]
+    return {r["item"]: r for r in rows if not r.get("output") or os.path.exists(r["output"])}
 
 
 def start_pools(job: Job) -> tuple[list[Pool], int]:
@@ -517,7 +524,8 @@ class _Scheduler:
         self.free_writers: deque = deque()
         self.active: dict[str, _ItemState] = {}
         self.ack_owner: dict = {}          # write ack -> (state, [(pool, slot), ...])
-        self.attempts: dict[str, int] = {}
+        self.attempts: dict[str, int] = {}    # item key -> attempts in this run
+        self._item_of: dict[str, str] = {}
 
     def _writer(self):
         if self.free_writers:
@@ -536,8 +544,10 @@ class _Scheduler:
             m.append(rows)
 
     def _entry_row(self, e: Entry, **kw) -> dict:
-        return {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,
-                "hash": e.hash, **kw}
+        row = {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,
+               "hash": e.hash, "attempts": e.attempts + self.attempts.get(self._item_of.get(e.id), 1)}
+        row.update(kw)
+        return row
 
     def open(self, item: Item) -> None:
         writer = self._writer()
@@ -547,6 +557,8 @@ class _Scheduler:
         gen = self.read_task.remote(self.reader, item)
         self.active[item.key] = _ItemState(item, writer, gen, None)
         self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
+        for e in item.entries:
+            self._item_of[e.id] = item.key
         self._manifest([self._entry_row(e, status="running") for e in item.entries])
 
     def finish(self, st: _ItemState) -> None:
@@ -570,12 +582,16 @@ class _Scheduler:
             self.free_writers.append(st.writer)
             if self._retry(st):
                 return
-            error = st.error.removeprefix("input: ")
+            error = st.error.removeprefix("input: ").removeprefix("retry: ")
             self.job.sink.on_write_failed(item, error)
-            where = item.entries[0].path or item.key
-            self.summary.failed.append(f"{where}: {item.key}: {error}" if error.split(":")[0] != where
-                                       else error)
-            self._manifest([self._entry_row(e, status="failed", error=error) for e in item.entries], durable=True)
+            rows_out = []
+            for e in item.entries:
+                where = e.path or e.id
+                line = error if error.startswith(where) else (
+                    f"{where}: {e.id}: {error}" if e.kind == "segment" else f"{where}: {error}")
+                self.summary.failed.append(line)
+                rows_out.append(self._entry_row(e, status="failed", error=line))
+            self._manifest(rows_out, durable=True)
             return
         self.free_writers.append(st.writer)
         seconds = time.perf_counter() - st.t0
@@ -591,6 +607,8 @@ class _Scheduler:
                 self.summary.failed.append(msg)
                 rows_out.append(self._entry_row(e, status="failed", error=msg))
                 continue
+            res = dict(res)
+            self.summary.warnings.extend(res.pop("warnings", ()))
             self.summary.results[e.id] = res
             self.summary.entries += 1
             if res.get("incomplete"):
@@ -602,9 +620,9 @@ class _Scheduler:
     def _retry(self, st: _ItemState) -> bool:
         """A worker that died (killed, out of memory) costs the item a retry, with back-off and
         less work in flight; input errors are not retried (they would fail again)."""
-        if self.attempts.get(st.item.key, 0) > self.job.item_retries or st.error.startswith("input:"):
+        if self.attempts.get(st.item.key, 0) > self.job.item_retries or not st.error.startswith("retry: "):
             return False
-        self.job.log(f"{st.item.key}: {st.error}; retrying ({self.attempts[st.item.key]} of "
+        self.job.log(f"{st.item.key}: {st.error.removeprefix('retry: ')}; retrying ({self.attempts[st.item.key]} of "
                      f"{self.job.item_retries})")
         time.sleep(min(10.0, 0.5 * 2 ** self.attempts[st.item.key]))
         self.max_inflight = max(1, self.max_inflight // 2)
@@ -700,12 +718,15 @@ class _Scheduler:
 
 
 def one_line(e: BaseException) -> str:
+    """The cause in one line; "retry: " marks a dead worker (killed, out of memory, lost data),
+    which another attempt can fix, "input: " a bad input, which it cannot."""
     cause = getattr(e, "cause", None) or e
     if isinstance(cause, InputError):
         return "input: " + str(cause).strip().splitlines()[0]
-    if isinstance(e, ray.exceptions.OutOfMemoryError) or "OutOfMemoryError" in type(cause).__name__:
-        return "a worker was killed by Ray's memory monitor (out of memory)"
-    if isinstance(e, ray.exceptions.ActorDiedError) or isinstance(e, ray.exceptions.WorkerCrashedError):
-        return f"a worker died ({type(e).__name__})"
+    if isinstance(e, ray.exceptions.OutOfMemoryError) or isinstance(cause, ray.exceptions.OutOfMemoryError):
+        return "retry: a worker was killed by Ray's memory monitor (out of memory)"
+    if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                      ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)):
+        return f"retry: a worker died ({type(e).__name__})"
     text = str(cause).strip().splitlines()
     return text[-1] if text else type(cause).__name__

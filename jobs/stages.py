@@ -1,0 +1,118 @@
+"""The model and compute flags every job shares, and the stage chain they build: the background
+upscale, then the optional face route (--faces) or the SFTGAN route (--model sftgan)."""
+from __future__ import annotations
+
+import functools
+import os
+
+
+def add_model_args(ap) -> None:
+    ap.add_argument("--model", default=None,
+                    help="bicubic, lanczos, a shipped model (rayscale-x2, rayscale-x4, ...), an architecture "
+                         "name with --weights, a checkpoint path, or sftgan (with --weights and --seg-weights); "
+                         "default: the shipped model for --scale")
+    ap.add_argument("--weights", default=None, help="checkpoint file for --model")
+    ap.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
+    g = ap.add_argument_group("SFTGAN (--model sftgan)")
+    g.add_argument("--seg-weights", default=None, help="OutdoorSceneSeg checkpoint that feeds SFTGAN")
+    g.add_argument("--save-segmentation", default=None, metavar="DIR",
+                   help="write colourised class maps (with a legend) of each image/frame here")
+    g = ap.add_argument_group("faces (--faces: detect on the input, restore with a face model, paste back)")
+    g.add_argument("--faces", action="store_true", help="restore faces with the face route")
+    g.add_argument("--face-model", default="rayscale-face-x4", help="face SR model name or checkpoint")
+    g.add_argument("--face-weights", default=None, help="checkpoint for --face-model when it is an architecture")
+    g.add_argument("--face-threshold", type=float, default=0.7, help="detector score threshold")
+    g.add_argument("--face-min-size", type=int, default=8, help="smallest face (pixels of the input) to restore")
+    g.add_argument("--face-detector", default=None, help="another YuNet ONNX file")
+    g.add_argument("--face-actors", type=int, default=1, help="face-SR actors")
+
+
+def add_compute_args(ap) -> None:
+    g = ap.add_argument_group("compute")
+    g.add_argument("--batch-size", type=int, default=4, help="frames (images of one size) per batch")
+    g.add_argument("--tile", type=int, default=0, help="process in tiles of this many input pixels (0: whole)")
+    g.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
+    g.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
+    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1 if Ray sees GPUs)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor (default: cores / actors)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="fp16/bf16 on GPU; bf16 also on CPU")
+    g.add_argument("--no-fuse", action="store_true",
+                   help="run each stage in its own actor pool (default: consecutive stages on one device share an actor)")
+
+
+def file_identity(path: str | None) -> str:
+    if not path:
+        return ""
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime}"
+
+
+def _placement(args, model: str):
+    import ray
+    from operators.upscale import INTERPOLATORS
+    gpus = args.gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
+    threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // max(1, args.actors)))
+    return gpus, threads
+
+
+def degradation_of(args) -> dict:
+    return {"sigma": getattr(args, "blur", None), "l1": getattr(args, "blur_l1", None),
+            "l2": getattr(args, "blur_l2", None), "theta": getattr(args, "blur_theta", None),
+            "noise": getattr(args, "noise", None)}
+
+
+def build_stages(args, model: str) -> list:
+    """The stage chain for the flags (call after Ray is connected)."""
+    from pipeline.engine import StageSpec
+    gpus, threads = _placement(args, model)
+    device = "cuda" if gpus else "cpu"
+    if model == "sftgan":
+        return _sftgan_stages(args, device, gpus, threads)
+    from operators.upscale import Upscaler
+    degradation = degradation_of(args)
+    factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale, device=device,
+                                precision=args.precision, tile=args.tile, tile_overlap=args.tile_overlap,
+                                degradation=degradation)
+    identity = (f"upscale:{model}:{file_identity(args.weights)}:{args.scale}:{args.precision}:{args.tile}:"
+                f"{args.tile_overlap}:{sorted(degradation.items())}")
+    stages = [StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
+                        identity=identity)]
+    if getattr(args, "faces", False):
+        stages = _face_stages(args, stages, device, gpus, threads)
+    return stages
+
+
+def _face_stages(args, background: list, device: str, gpus: float, threads) -> list:
+    from operators.faces.chain import face_stages
+    from pipeline.engine import StageSpec
+    built = face_stages(face_model=args.face_model, face_weights=args.face_weights,
+                        threshold=args.face_threshold, min_size=args.face_min_size,
+                        detector_path=args.face_detector, device=device, precision=args.precision)
+    ident = (f"faces:{args.face_model}:{file_identity(args.face_weights)}:{args.face_threshold}:"
+             f"{args.face_min_size}:{file_identity(args.face_detector)}")
+    out = []
+    for spec in built:
+        name, factory = spec[0], spec[1]
+        before_background = name in getattr(factory, "before_upscale", ()) or name in ("keep_lr", "detect", "track")
+        pool = dict(actors=args.face_actors, gpus_per_actor=gpus) if name == "face_sr" else dict(actors=args.actors)
+        stage = StageSpec(name, factory, threads=threads, identity=ident, **pool)
+        out.append((before_background, stage))
+    pre = [s for b, s in out if b]
+    post = [s for b, s in out if not b]
+    return pre + background + post
+
+
+def _sftgan_stages(args, device: str, gpus: float, threads) -> list:
+    from operators.sftgan import sftgan_stages
+    from pipeline.engine import StageSpec
+    built = sftgan_stages(args.weights, args.seg_weights, device=device, precision=args.precision,
+                          tile=args.tile, compact=bool(getattr(args, "no_fuse", False)))
+    ident = f"sftgan:{file_identity(args.weights)}:{file_identity(args.seg_weights)}:{args.precision}:{args.tile}"
+    stages = []
+    for name, factory, reads, writes in built:
+        stages.append(StageSpec(name, factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
+                                identity=ident, reads=tuple(reads), writes=tuple(writes)))
+    return stages

@@ -1,0 +1,246 @@
+"""Upscale a photo archive: SRC (a folder, one image, or a .txt/.parquet list of paths) into DST,
+the folder tree mirrored, each output keeping its input's name, format, EXIF (orientation applied
+and reset), ICC profile, alpha, grayscale and bit depth. Tracked by a Parquet manifest in
+DST/.rayscale/manifest/: a rerun skips what is done and retries what failed.
+
+    python jobs/upscale_images.py photos/ photos_x2/ --scale 2
+    python jobs/upscale_images.py list.txt out/ --model rdn --weights RDN_x4.pth --format webp --quality 90
+    python jobs/upscale_images.py hr/ out/ --downscale 4 --model rayscale-x4      # measure: PSNR/SSIM per image
+
+Exit codes: 0 every image written; 1 some images failed (each named on stderr and in the manifest);
+2 the job was refused (bad arguments, SRC missing, another job on DST); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
+                         exit_on_input_error, validate_model)
+from jobs.stages import add_compute_args, add_model_args, build_stages  # noqa: E402
+
+STATE = ".rayscale"
+
+
+def add_image_args(ap) -> None:
+    ap.add_argument("src", help="a folder (walked recursively), one image, or a .txt / .parquet list of paths")
+    ap.add_argument("dst", help="output folder (the source tree is mirrored under it)")
+    g = ap.add_argument_group("output")
+    g.add_argument("--format", default=None, choices=("jpeg", "jpg", "png", "webp", "tiff", "tif", "bmp"),
+                   help="output format (default: each file keeps its own)")
+    g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100 (default: Pillow's, 75/80)")
+    g.add_argument("--lossless", action="store_true", help="lossless WebP")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace output files that exist but are not recorded as done in the manifest")
+    g = ap.add_argument_group("quality measurement")
+    g.add_argument("--reference", default=None, metavar="DIR",
+                   help="HR references under the same relative paths: PSNR/SSIM per image into the manifest and report")
+    g.add_argument("--downscale", type=int, default=None, metavar="S",
+                   help="dataset mode: each source image is the HR; it is downscaled xS (MATLAB bicubic) and "
+                        "upscaled back, and measured against itself (implies --scale S)")
+    g = ap.add_argument_group("limits")
+    g.add_argument("--max-pixels", type=int, default=89_478_485,
+                   help="refuse images larger than this (decompression bombs are refused before decoding)")
+    g.add_argument("--group-size", type=int, default=8, help="files per work item")
+    g.add_argument("--dry-run", action="store_true", help="list what would be done, start nothing")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_image_args(ap)
+    add_model_args(ap)
+    add_compute_args(ap)
+    add_ray_args(ap)
+    args = ap.parse_args(argv)
+    if args.downscale:
+        if args.scale and args.scale != args.downscale:
+            ap.error(f"--downscale {args.downscale} measures x{args.downscale}: --scale must match or be left out")
+        args.scale = args.downscale
+    return args
+
+
+def state_dir(dst) -> Path:
+    return Path(dst) / STATE
+
+
+def settings_hash(args, stages) -> str:
+    key = {"stages": [s.identity for s in stages], "format": args.format, "quality": args.quality,
+           "lossless": args.lossless, "reference": os.path.abspath(args.reference) if args.reference else None,
+           "downscale": args.downscale}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_paths(args) -> None:
+    """Refusals that need no Ray: SRC exists, DST can be made, no output would replace its input."""
+    from pipeline.errors import InputError
+    check_job_paths(src=args.src, dst=args.dst, weights=args.weights, reference=args.reference)
+    if not os.path.exists(args.src):
+        raise InputError(f"{args.src}: no such file or folder")
+    dst = Path(args.dst)
+    if dst.exists() and not dst.is_dir():
+        raise InputError(f"{args.dst}: exists and is not a folder")
+    parent = dst if dst.exists() else dst.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{args.dst}: output folder is not writable")
+    if args.reference and not os.path.isdir(args.reference):
+        raise InputError(f"{args.reference}: reference folder does not exist")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise InputError(f"--quality {args.quality}: must be 1-100")
+
+
+def plan_files(args, files):
+    """Output paths for the listing; an output that is its own input refuses the whole job."""
+    from pipeline.errors import InputError
+    from pipeline.listing import output_paths
+    outputs = {rel: str(p) for rel, p in output_paths(args.dst, files, args.format).items()}
+    for f in files:
+        out = outputs[f.rel]
+        if f.ok and os.path.exists(out):
+            try:
+                if os.path.samefile(out, f.path):
+                    raise InputError(f"{out}: the output would replace its input {f.path}; choose another DST")
+            except OSError:
+                pass
+    return outputs
+
+
+def existing_outputs(files, outputs, done: set[str], overwrite: bool):
+    """Files whose output exists but was not written by a finished run of this job: refused
+    item by item (never silently replaced) unless --overwrite."""
+    from dataclasses import replace
+    if overwrite:
+        return files
+    out = []
+    for f in files:
+        if f.ok and f.rel not in done and os.path.exists(outputs[f.rel]):
+            f = replace(f, error=f"{outputs[f.rel]}: output exists and is not from this job; pass --overwrite to replace it")
+        out.append(f)
+    return out
+
+
+def run_images(args, files, attempts: dict | None = None, log=print):
+    """Build the engine job for `files` and run it; returns (summary, manifest, stages)."""
+    from pipeline import engine
+    from pipeline.images import ImageSink, ImageSource, ReadOptions, WriteOptions
+    from pipeline.manifest import Manifest
+    model = args.model
+    stages = build_stages(args, model)
+    manifest = Manifest(state_dir(args.dst) / "manifest")
+    settings = settings_hash(args, stages)
+    done = set(engine.done_entries(manifest, settings))
+    outputs = plan_files(args, files)
+    files = existing_outputs(files, outputs, done, args.overwrite)
+    ropts = ReadOptions(batch_size=args.batch_size, max_pixels=args.max_pixels, min_size=2,
+                        reference_dir=args.reference, downscale=args.downscale,
+                        keep_lr=bool(args.reference or args.downscale))
+    extra = {"lossless": True} if args.lossless else {}
+    wopts = WriteOptions(format=args.format, quality=args.quality, options=tuple(extra.items()))
+    source = ImageSource(files, outputs, ropts, group_size=args.group_size, name=Path(args.src).name or "images",
+                         attempts=attempts)
+    job = engine.Job(source, stages, ImageSink(wopts), manifest=manifest, settings=settings,
+                     batch_size=args.batch_size, fuse=not args.no_fuse, progress=not args.no_progress)
+    summary = engine.run(job)
+    manifest.flush()
+    return summary, manifest, settings
+
+
+def write_quality_report(args, summary, manifest, settings, report_dir: Path) -> dict | None:
+    """Per-image metrics (when there is a reference) as a table, a plot and before/after crops."""
+    from pipeline.report import write_report
+    rows = []
+    for item, row in manifest.latest().items():
+        if row.get("settings") != settings:
+            continue
+        rows.append({"item": item, "status": row.get("status"), "psnr": row.get("psnr"), "ssim": row.get("ssim"),
+                     "psnr_bicubic": row.get("psnr_bicubic"), "ssim_bicubic": row.get("ssim_bicubic"),
+                     "seconds": row.get("seconds"), "error": row.get("error"), "output": row.get("output"),
+                     "path": row.get("path")})
+    if not rows:
+        return None
+    crops = None
+    if args.reference or args.downscale:
+        crops = _crop_loader(args)
+    return write_report(report_dir, rows, crops=crops, wall_seconds=summary.seconds,
+                        extra={"counts": {"done": summary.entries, "reused": summary.reused,
+                                          "failed": len(summary.failed)}})
+
+
+def _crop_loader(args):
+    """item -> (bicubic, output, reference) arrays, for the crops figure."""
+    def load(row):
+        import cv2
+        from models.imresize import imresize
+        from pipeline.imageio import read_image
+        out = read_image(row["output"]).rgb
+        if args.downscale:
+            hr = read_image(row["path"]).rgb
+            s = args.downscale
+            hr = hr[:(hr.shape[0] // s) * s, :(hr.shape[1] // s) * s]
+            lr = imresize(hr, 1.0 / s)
+        else:
+            hr = read_image(Path(args.reference) / row["item"]).rgb
+            lr = read_image(row["path"]).rgb
+        bic = cv2.resize(lr, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+        return bic, out, hr[:out.shape[0], :out.shape[1]]
+    return load
+
+
+def print_summary(summary, log=print) -> None:
+    for line in summary.lines():
+        log(line)
+
+
+@exit_on_input_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipeline.listing import list_sources
+    from pipeline.lock import JobLock
+    check_paths(args)
+    args.model = args.model or default_model(args.scale)
+    if args.model != "sftgan":
+        validate_model(args.model, args.weights, args.scale)
+    files = list_sources(args.src, exclude=[args.dst])
+    if args.dry_run:
+        outputs = plan_files(args, files)
+        bad = [f for f in files if not f.ok]
+        print(f"{len(files)} file(s) under {args.src}: {len(files) - len(bad)} to upscale with {args.model}, "
+              f"{len(bad)} unreadable")
+        for f in files[:50]:
+            print(f"  {f.rel} -> {outputs[f.rel]}" if f.ok else f"  {f.error}")
+        if len(files) > 50:
+            print(f"  ... and {len(files) - 50} more")
+        return 0
+    state_dir(args.dst).mkdir(parents=True, exist_ok=True)
+    with JobLock(state_dir(args.dst) / "job", what="rayscale job on this DST"):
+        connect_ray(args)
+        try:
+            summary, manifest, settings = run_images(args, files)
+        except KeyboardInterrupt:
+            print(f"{args.dst}: interrupted; finished images are kept and recorded; rerun to continue",
+                  file=sys.stderr)
+            return 130
+        print_summary(summary)
+        if args.reference or args.downscale:
+            write_quality_report(args, summary, manifest, settings, state_dir(args.dst) / "report")
+    if summary.failed:
+        print(f"{len(summary.failed)} of {len(files)} image(s) failed; see above and "
+              f"`rayscale manifest failed {args.dst}`", file=sys.stderr)
+        return 1
+    print(f"wrote {summary.entries} image(s) to {args.dst} ({summary.reused} already done)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

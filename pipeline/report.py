@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping
@@ -208,13 +209,19 @@ def _as_u8(a: np.ndarray) -> np.ndarray:
 def plot_crops(rows: list[dict], crops, path, n: int = 3, size: int = 96) -> Path | None:
     """Rows of (LR-bicubic | output | reference) crops for the n worst and n best items.
 
-    `crops`: {item: (bicubic, output, reference)} or a callable item -> that triple (or None), so
-    the caller loads images only for the items shown; arrays are HR-sized uint8/uint16 RGB."""
+    `crops`: {item: (bicubic, output, reference)} or a callable row -> that triple (or None), the
+    row being the item's dict (with whatever extra keys the caller put in it: output, path...), so
+    the caller loads images only for the items shown; arrays are HR-sized uint8/uint16 RGB. An item
+    whose images cannot be loaded is left out of the figure with a warning."""
     chosen = pick_items(rows, n)
     by_item = {r.get("item"): r for r in rows}
     triples = []
     for label, item in chosen:
-        t = crops(item) if callable(crops) else (crops or {}).get(item)
+        try:
+            t = crops(by_item[item]) if callable(crops) else (crops or {}).get(item)
+        except Exception as e:      # noqa: BLE001 - a figure is not worth failing the report for
+            warnings.warn(f"crops: {item} left out ({(str(e).splitlines() or [type(e).__name__])[0]})")
+            t = None
         if t is not None:
             triples.append((label, item, t))
     if not triples:

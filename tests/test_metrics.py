@@ -143,3 +143,22 @@ def test_report_without_metrics_and_infinite_psnr(tmp_path):
     j = json.loads((tmp_path / "report.json").read_text())
     assert j["items"][1]["psnr"] == "inf" and j["summary"]["by_status"] == {"done": 2}
     assert write_report(tmp_path / "none", rows[:1], echo=False)["paths"].keys() == {"report.txt", "report.json"}
+
+
+def test_report_crops_from_a_loader_given_the_row(tmp_path):
+    from pipeline.report import write_report
+    rng = np.random.default_rng(4)
+    ref = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    seen = []
+
+    def load(row):
+        seen.append(row["item"])
+        if row["item"] == "broken.png":
+            raise FileNotFoundError("output gone")
+        return ref, ref, ref
+
+    rows = [{"item": n, "status": "done", "psnr": p, "ssim": 0.9, "output": f"/out/{n}"}
+            for n, p in (("a.png", 30.0), ("broken.png", 20.0), ("c.png", 40.0))]
+    with pytest.warns(UserWarning, match="broken.png left out"):
+        out = write_report(tmp_path, rows, crops=load, n_crops=1, echo=False)
+    assert seen == ["broken.png", "c.png"] and "crops.png" in out["paths"]

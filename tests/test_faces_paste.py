@@ -6,13 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from operators.base import concat
+from operators.base import concat, rows
 from operators.faces.align import TEMPLATES, FaceAlign
 from operators.faces.chain import face_stages
 from operators.faces.detect import FaceDetector
 from operators.faces.paste import FacePaste
 from operators.faces.sr import MARKER_RGB, FaceSR
-from operators.upscale import Upscaler
 from tests.conftest import shared_path
 
 cv2.setNumThreads(1)
@@ -145,6 +144,19 @@ def test_16px_face_found_and_restored():
     assert psnr(out["frames"][0]) > psnr(bg) - 1.5
 
 
+class Bicubic:
+    """Background stage for the chain test (module level, so its partial pickles)."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, batch):
+        return {**batch, "frames": bicubic(batch["frames"], self.scale)}
+
+    def flush(self):
+        return None
+
+
 def run_chain(stages, batches):
     """Stages in order, as the engine would: flush the stateful ones at the end of the item."""
     ops = [(name, factory()) for name, factory in stages]
@@ -154,7 +166,7 @@ def run_chain(stages, batches):
             if b is None:
                 extra = op.flush()
                 b = extra
-            elif b:
+            elif b and rows(b):      # a tracker holding rows back may pass on none
                 b = op(b)
                 b.pop("timings", None)
         if b:
@@ -167,7 +179,7 @@ def test_chain_runs_a_moving_face_clip_and_pickles():
     lr = group_lr()
     frames = np.stack([np.roll(lr, t, axis=1) for t in range(12)])
     stages = face_stages("marker", face_scale=4, crop_size=32,
-                         background=("upscale", partial(Upscaler, "bicubic", scale=4)), background_scale=4)
+                         background=("upscale", partial(Bicubic, 4)), background_scale=4)
     assert [n for n, _ in stages] == ["face_detect", "face_track", "face_align", "upscale", "face_sr", "face_paste"]
     stages = pickle.loads(pickle.dumps(stages))
     batches = [{"frames": frames[i:i + 5], "index": np.arange(i, min(i + 5, 12), dtype=np.int64)} for i in range(0, 12, 5)]
@@ -181,3 +193,12 @@ def test_chain_runs_a_moving_face_clip_and_pickles():
     for t in range(12):
         near = face_regions(out["faces_box"][t, :4], 4, plain.shape[1:], 3.0)
         assert not changed[t][~near].any() and changed[t][face_regions(out["faces_box"][t, :4], 4, plain.shape[1:], 0.5)].mean() > 0.9
+
+
+def test_faces_too_large_for_the_face_model_are_left_to_the_background():
+    lr = read_rgb("codeformer", "whole_imgs", "00.jpg")            # faces 32-42 px: a 16 px crop would shrink them 3x
+    out, bg = route(lr, model="marker", crop=16, color="none")
+    assert out["faces_count"].tolist() == [4] and not out["faces_affine"].any()
+    assert not out["faces_restored"].any() and np.array_equal(out["frames"][0], bg)
+    b = FaceAlign(crop_size=16, min_zoom=0.0)(FaceDetector()({"frames": lr[None]}))
+    assert (np.abs(b["faces_affine"][0, :4]).reshape(4, -1).max(-1) > 0).all()

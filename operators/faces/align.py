@@ -13,7 +13,13 @@ the way the face model saw its training faces:
 The fit is least squares over all five points (estimateAffinePartial2D with a threshold that
 keeps every point an inlier, then its Levenberg-Marquardt refinement); a face whose landmarks
 give no fit falls back to its box. Faces larger than the crop are sampled at an integer multiple
-of the crop size and reduced with INTER_AREA, so downscaled crops do not alias."""
+of the crop size and reduced with INTER_AREA, so downscaled crops do not alias.
+
+Faces too large for the face model are left to the background upscale: when the crop would shrink
+the face below `min_zoom` (default 0.5: a face more than twice the size the model was trained on,
+e.g. wider than ~24 LR px for a 16 px crop) the face keeps its detection but gets a zero map and a
+zero crop, and face SR and paste skip it. A x4 face model fed a 40 px face cut down to 12 px would
+paste a blurrier face than the background upscale of the original 40 px."""
 from __future__ import annotations
 
 import math
@@ -64,17 +70,18 @@ def warp_crop(frame: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
 
 
 class FaceAlign(Operator):
-    """Crops (N,K,s,s,3) of the LR frames and the maps LR frame -> crop (N,K,2,3)."""
+    """Crops (N,K,s,s,3) of the LR frames and the maps LR frame -> crop (N,K,2,3); an all-zero
+    map marks a face that is not to be restored."""
 
     reads = ("frames", "faces_count", "faces_landmarks", "faces_box")
     writes = ("faces_crops", "faces_affine")
 
-    def __init__(self, crop_size: int = 16, template: str | np.ndarray = "utkface"):
+    def __init__(self, crop_size: int = 16, template: str | np.ndarray = "utkface", min_zoom: float = 0.5):
         if isinstance(template, str):
             if template not in TEMPLATES:
                 raise ValueError(f"unknown face template {template!r} (known: {', '.join(TEMPLATES)})")
             template = TEMPLATES[template]
-        self.size = int(crop_size)
+        self.size, self.min_zoom = int(crop_size), float(min_zoom)
         self.template = np.asarray(template, np.float32).reshape(5, 2)
 
     def affine(self, landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -89,6 +96,8 @@ class FaceAlign(Operator):
         for i in range(n):
             for j in range(int(count[i])):
                 m = self.affine(batch["faces_landmarks"][i, j], batch["faces_box"][i, j])
+                if math.sqrt(abs(np.linalg.det(m[:, :2]))) < self.min_zoom:
+                    continue                      # too large for the face model: zero map, skipped
                 affine[i, j] = m
                 crops[i, j] = warp_crop(frames[i], m, self.size)
         out = dict(batch)

@@ -26,7 +26,7 @@ Factory = Callable[[], object]
 
 def face_stages(face_model: str, face_weights: str | None = None, threshold: float = 0.7, min_size: float = 0.0,
                 detector_path: str | None = None, *, background: tuple[str, Factory], background_scale: int,
-                face_scale: int | None = None, crop_size: int = 16, template: str | None = None,
+                face_scale: int | None = None, crop_size: int = 16, template: str | None = None, min_zoom: float = 0.5,
                 still: bool = False, device: str = "auto", precision: str = "fp32",
                 keep_crops: bool = False) -> list[tuple[str, Factory]]:
     """Stages of the face route, in order, with the background stage (name, factory) in its place.
@@ -34,6 +34,7 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
     face_model: a name or path `models.load` takes, or `identity`/`marker` (they need face_scale).
     crop_size: the face model's LR input side (16 for the x4 rayscale-face model, FSRNet and
     Super-FAN). template: alignment template ('utkface' or 'celeba'; default from the model name).
+    min_zoom: faces the crop would shrink below this factor are left to the background upscale.
     still: images (every detection is its own track, no frame held back) instead of video.
     keep_crops: leave faces_crops / faces_restored in the batch after paste (for a gallery)."""
     tracker = (partial(FaceTracker, min_track_length=1, max_gap=0, smooth=0, link=False) if still
@@ -41,7 +42,8 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
     return [
         ("face_detect", partial(FaceDetector, model_path=detector_path, threshold=threshold, min_size=min_size)),
         ("face_track", tracker),
-        ("face_align", partial(FaceAlign, crop_size=crop_size, template=template or template_for(face_model))),
+        ("face_align", partial(FaceAlign, crop_size=crop_size, template=template or template_for(face_model),
+                                min_zoom=min_zoom)),
         background,
         ("face_sr", partial(FaceSR, model=face_model, weights=face_weights, scale=face_scale, device=device,
                             precision=precision)),

@@ -99,6 +99,8 @@ class FacePaste(Operator):
             face_scale = restored.shape[2] / batch["faces_crops"].shape[2]
             for i in range(len(frames)):
                 for j in range(int(count[i])):
+                    if not affine[i, j].any():      # left to the background upscale (FaceAlign.min_zoom)
+                        continue
                     self.paste(frames[i], restored[i, j], hr_map(affine[i, j], self.background_scale, face_scale))
         out = dict(batch)
         out["frames"] = frames

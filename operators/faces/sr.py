@@ -57,6 +57,8 @@ class FaceSR(Operator):
         crops, count = batch["faces_crops"], batch["faces_count"]
         n, k, h, w = crops.shape[:4]
         valid = np.arange(k)[None, :] < count[:, None]
+        if "faces_affine" in batch:            # all-zero map: a face align left to the background
+            valid &= np.abs(batch["faces_affine"]).reshape(n, k, -1).max(-1) > 0
         restored = np.zeros((n, k, h * self.face_scale, w * self.face_scale, 3), crops.dtype)
         if valid.any():
             restored[valid] = self.restore(crops[valid])

@@ -438,6 +438,8 @@ def test_real_photo_icc_and_exif_carried(tmp_path):
     for ext in ("jpg", "png", "webp", "tif"):
         write_image(tmp_path / f"o.{ext}", pic.rgb, picture=pic)
         assert Image.open(tmp_path / f"o.{ext}").info.get("icc_profile") == icc, ext
+        assert Image.open(tmp_path / f"o.{ext}").getexif().get(0x8298) == "2008 AFP", ext      # Copyright
+        assert read_image(tmp_path / f"o.{ext}").exif is not None, ext
     cam = shared_path("data", "faces", "codeformer", "whole_imgs", "00.jpg")           # EXIF, orientation 1
     pic = read_image(cam)
     src_exif = Image.open(cam).getexif()

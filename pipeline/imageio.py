@@ -168,9 +168,13 @@ def _rawmode(im) -> str:
 
 def _to_picture(path: Path, im: Image.Image, fmt: str, deep_raw: str) -> Picture:
     icc = im.info.get("icc_profile") or None
-    exif = im.getexif()
-    orientation = int(exif.get(ORIENTATION, 1) or 1)
     notes: list[str] = []
+    try:
+        exif = im.getexif()
+        orientation = int(exif.get(ORIENTATION, 1) or 1)
+    except Exception as e:     # noqa: BLE001 - a malformed EXIF block must not cost the picture
+        notes.append(f"EXIF unreadable ({_short(e)}); dropped, orientation not applied")
+        exif, orientation = Image.Exif(), 1
     frames = getattr(im, "n_frames", 1) or 1
     if frames > 1:
         notes.append(f"{frames} frames/pages: the first only")

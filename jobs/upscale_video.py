@@ -38,11 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="8-way self-ensemble at test time (8x slower per frame; off for video by default)")
     g.add_argument("--zssr-cut-threshold", type=float, default=0.3, help="scene-cut histogram distance (0-1)")
     g = ap.add_argument_group("SRMD degradation (models that take one)")
-    g.add_argument("--blur", type=float, default=None, help="isotropic Gaussian blur sigma of the source (default: none)")
+    g.add_argument("--blur", type=lambda v: v if v == "auto" else float(v), default=None,
+                   help="isotropic Gaussian blur sigma of the source, or auto: estimated per batch (default: none)")
     g.add_argument("--blur-l2", type=float, default=None, help="anisotropic blur: second eigenvalue (--blur-l1 first)")
     g.add_argument("--blur-l1", type=float, default=None, help="anisotropic blur: first eigenvalue")
     g.add_argument("--blur-theta", type=float, default=None, help="anisotropic blur: angle in radians")
-    g.add_argument("--noise", type=float, default=None, help="noise level of the source on the 0-255 scale (SRMD)")
+    g.add_argument("--noise", type=lambda v: v if v == "auto" else float(v), default=None,
+                   help="noise level of the source on the 0-255 scale (SRMD), or auto: estimated per batch")
     g = ap.add_argument_group("encoding")
     g.add_argument("--encoder", default="libx264",
                    help="libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc (where present)")
@@ -85,6 +87,12 @@ def main(argv=None) -> int:
                    "noise": args.noise}
     if model != "zssr":
         validate_model(model, args.weights, args.scale, degradation=degradation)
+    # workers of a cluster run in other folders (a copy of the checkout): give them absolute paths
+    args.input, args.output = os.path.abspath(args.input), os.path.abspath(args.output)
+    if args.weights:
+        args.weights = os.path.abspath(args.weights)
+    if Path(model).is_file():
+        model = os.path.abspath(model)
     wdir = work_dir(args.output)
     with JobLock(wdir):  # one job per output: a second one is refused, not let loose in the same work folder
         had_work = wdir.exists()

@@ -42,6 +42,7 @@ def local_ray():
     """One embedded Ray for the tests that run jobs in-process (the job scripts reuse it)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        # "local": a Ray of its own; without it ray.init joins any other Ray running on the host
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield

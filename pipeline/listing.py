@@ -94,6 +94,8 @@ def _entry(path: Path, rel: str) -> SourceFile:
     err = None
     if suffix in OTHER_IMAGE_SUFFIXES:
         err = f"{path}: unsupported format {OTHER_IMAGE_SUFFIXES[suffix]} (rayscale reads JPEG, PNG, WebP, TIFF, BMP)"
+    elif st.st_size == 0:
+        err = f"{path}: empty file (0 bytes)"
     elif not os.access(path, os.R_OK):
         err = f"{path}: unreadable (permission denied)"
     return SourceFile(str(path), rel, st.st_size, st.st_mtime, error=err)

@@ -116,10 +116,12 @@ def test_unreadable_folder_is_reported_not_fatal(tree, monkeypatch):
     assert [f.rel for f in files if f.ok] == ["A.JPG", "b.png", "e.bmp", "sub/d.TIFF"]
 
 
-def test_unsupported_image_formats_are_listed_as_errors(tree):
+def test_unsupported_and_empty_files_are_listed_as_errors(tree):
     Image.new("RGB", (4, 4)).save(tree / "anim.gif")
-    [f] = [f for f in list_sources(tree) if f.rel == "anim.gif"]
-    assert "unsupported format GIF" in f.error
+    (tree / "zero.jpg").write_bytes(b"")
+    files = {f.rel: f for f in list_sources(tree)}
+    assert "unsupported format GIF" in files["anim.gif"].error
+    assert files["zero.jpg"].error == f"{tree / 'zero.jpg'}: empty file (0 bytes)"
 
 
 def test_content_hash_streams_blake2b(tmp_path):

@@ -85,7 +85,7 @@ def test_identity_on_a_real_photo():
     assert out["faces_count"].tolist() == [4]
     d = np.abs(out["frames"][0].astype(int) - bg.astype(int)).max(-1)
     assert (d[~face_regions(out["faces_box"][0, :4], 4, bg.shape, 3.0)] == 0).all()    # untouched off the faces
-    # measured: max 4/255 on 0.02% of the pixels (edges resampled LR -> crop -> HR), mean 0.016/255
+    # measured: max 4/255 on 0.04% of the pixels (edges resampled LR -> crop -> HR), mean 0.018/255
     assert (d > 2).mean() < 1e-3 and d.max() <= 6 and d.mean() < 0.05
 
 

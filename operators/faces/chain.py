@@ -28,7 +28,7 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
                 detector_path: str | None = None, *, background: tuple[str, Factory], background_scale: int,
                 face_scale: int | None = None, crop_size: int = 16, template: str | None = None, min_zoom: float = 0.5,
                 still: bool = False, device: str = "auto", precision: str = "fp32",
-                keep_crops: bool = False) -> list[tuple[str, Factory]]:
+                keep_crops: bool = False, upsample_to: int = 1280) -> list[tuple[str, Factory]]:
     """Stages of the face route, in order, with the background stage (name, factory) in its place.
 
     face_model: a name or path `models.load` takes, or `identity`/`marker` (they need face_scale).
@@ -36,11 +36,14 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
     Super-FAN). template: alignment template ('utkface' or 'celeba'; default from the model name).
     min_zoom: faces the crop would shrink below this factor are left to the background upscale.
     still: images (every detection is its own track, no frame held back) instead of video.
-    keep_crops: leave faces_crops / faces_restored in the batch after paste (for a gallery)."""
+    keep_crops: leave faces_crops / faces_restored in the batch after paste (for a gallery).
+    upsample_to: small frames are upsampled for detection up to this long side (0: never; see
+    operators/faces/detect.py for what it finds and costs)."""
     tracker = (partial(FaceTracker, min_track_length=1, max_gap=0, smooth=0, link=False) if still
                else partial(FaceTracker))
     return [
-        ("face_detect", partial(FaceDetector, model_path=detector_path, threshold=threshold, min_size=min_size)),
+        ("face_detect", partial(FaceDetector, model_path=detector_path, threshold=threshold, min_size=min_size,
+                                 upsample_to=upsample_to)),
         ("face_track", tracker),
         ("face_align", partial(FaceAlign, crop_size=crop_size, template=template or template_for(face_model),
                                 min_zoom=min_zoom)),

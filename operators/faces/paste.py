@@ -60,10 +60,15 @@ class FacePaste(Operator):
     reads = ("frames", "faces_count", "faces_restored", "faces_affine", "faces_crops")
     writes = ("frames", "faces_restored", "faces_crops")
 
-    def __init__(self, background_scale: int, color: str = "lab", keep_crops: bool = False):
+    def __init__(self, background_scale: int, color: str = "lab", keep_crops: bool = False, inplace: bool = False):
+        """inplace: paste into the incoming frames array when it is writeable (it was made by the
+        background stage in the same actor and nothing else holds it) instead of copying it; the
+        copy of a batch of HR frames costs more than pasting its faces (measured on the shared CPU:
+        54 ms of the 80 ms per 2560x1440 frame with 8 faces)."""
         if color not in ("lab", "none"):
             raise ValueError("face colour matching must be 'lab' or 'none'")
         self.background_scale, self.color, self.keep_crops = int(background_scale), color, keep_crops
+        self.inplace = inplace
 
     def paste(self, frame: np.ndarray, restored: np.ndarray, m_hr: np.ndarray) -> None:
         """Blend one restored crop into frame (in place)."""
@@ -93,9 +98,11 @@ class FacePaste(Operator):
         roi[...] = np.clip(np.round(blend * peak), 0, peak).astype(frame.dtype)
 
     def __call__(self, batch: Batch) -> Batch:
-        frames = batch["frames"].copy()
+        frames = batch["frames"]
         restored, affine, count = batch["faces_restored"], batch["faces_affine"], batch["faces_count"]
-        if restored.shape[1]:
+        if restored.shape[1] and affine.any():
+            if not (self.inplace and frames.flags.writeable):
+                frames = frames.copy()
             face_scale = restored.shape[2] / batch["faces_crops"].shape[2]
             for i in range(len(frames)):
                 for j in range(int(count[i])):

@@ -436,7 +436,7 @@ def test_real_photo_icc_and_exif_carried(tmp_path):
     pic = read_image(src)
     assert pic.icc == icc
     for ext in ("jpg", "png", "webp", "tif"):
-        write_image(tmp_path / f"o.{ext}", pic.rgb, picture=pic)
+        write_image(tmp_path / f"o.{ext}", pic.rgb[:64, :80], picture=pic)       # metadata only: a corner will do
         assert Image.open(tmp_path / f"o.{ext}").info.get("icc_profile") == icc, ext
         assert Image.open(tmp_path / f"o.{ext}").getexif().get(0x8298) == "2008 AFP", ext      # Copyright
         assert read_image(tmp_path / f"o.{ext}").exif is not None, ext

@@ -72,6 +72,11 @@ class FaceDetector(Operator):
             self.net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), float(threshold), float(nms), int(top_k))
         except cv2.error:
             raise InputError(f"{path}: not a face detector ONNX model that cv2.FaceDetectorYN can load") from None
+        try:        # OpenCV's DNN threads follow the actor's torch thread count (its CPU share)
+            import torch
+            cv2.setNumThreads(torch.get_num_threads())
+        except ImportError:
+            pass
         self.path, self.threshold, self.min_size, self.top_k = path, threshold, float(min_size), int(top_k)
         self.upsample_to, self.max_upsample = int(upsample_to), int(max_upsample)
         self._size = None

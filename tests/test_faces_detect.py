@@ -1,4 +1,5 @@
 """Face detection on real photos (../shared/data/faces) and on frames made here from them."""
+import functools
 import hashlib
 
 import cv2
@@ -31,6 +32,12 @@ def read_rgb(path) -> np.ndarray:
     return np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
 
 
+@functools.lru_cache(maxsize=None)
+def detect_photo(name: str) -> dict:
+    frame = read_rgb(shared_path("data", "faces", name))
+    return FaceDetector()({"frames": frame[None], "index": np.zeros(1, np.int64)})
+
+
 def face_frame(face_width: float, size=(320, 180), at=(100, 40)) -> tuple[np.ndarray, tuple]:
     """A frame of flat grey noise with the Obama head downscaled so that his face is
     `face_width` px wide, its face's top-left corner at `at`. Returns (frame, face box)."""
@@ -56,8 +63,7 @@ def test_shipped_model_is_the_recorded_file():
 
 @pytest.mark.parametrize("name,count", GROUP_PHOTOS.items())
 def test_group_photos_face_counts(name, count):
-    frame = read_rgb(shared_path("data", "faces", name))
-    out = FaceDetector()({"frames": frame[None], "index": np.zeros(1, np.int64)})
+    out = detect_photo(name)
     assert out["faces_count"].tolist() == [count]
     k = out["faces_box"].shape[1]
     assert out["faces_box"].shape == (1, k, 4) and out["faces_landmarks"].shape == (1, k, 5, 2)
@@ -71,8 +77,7 @@ def test_group_photos_face_counts(name, count):
 
 
 def test_obama_and_biden_boxes_on_the_faces():
-    frame = read_rgb(shared_path("data", "faces", "face_recognition", "obama_and_biden.jpg"))
-    out = FaceDetector()({"frames": frame[None]})
+    out = detect_photo("face_recognition/obama_and_biden.jpg")
     centres = sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in out["faces_box"][0, :3])
     # Biden left, Obama in the middle, the girl bottom right (positions read off the 2000x1428 photo)
     for (cx, cy), (ex, ey) in zip(centres, [(840, 510), (1240, 480), (1705, 1120)]):

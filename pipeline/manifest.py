@@ -28,7 +28,6 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -65,6 +64,7 @@ ALIASES = {"source": "path", "source_size": "size", "source_mtime": "mtime"}  # 
 JSON_COLUMNS = ("stages", "timings")
 TERMINAL = ("done", "failed")
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+ROW_GROUP = 65536   # rows; reads of the latest rows go one row group at a time
 
 
 def new_run_id() -> str:
@@ -88,11 +88,11 @@ def _write_part(fs, root: str, local: bool, table: pa.Table, tag: str = "") -> s
     name = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{tag}{PART_SUFFIX}"
     final = f"{root}/{name}"
     if not local:  # unique, immutable name: no rename needed, the object appears whole or not at all
-        pq.write_table(table, final, filesystem=fs)
+        pq.write_table(table, final, filesystem=fs, row_group_size=ROW_GROUP)
         return final
     tmp = f"{root}/.{name}.tmp"  # dot-prefixed: pyarrow.dataset and Ray Data skip it
     try:
-        pq.write_table(table, tmp, filesystem=fs)
+        pq.write_table(table, tmp, filesystem=fs, row_group_size=ROW_GROUP)
         fs.move(tmp, final)
     except BaseException:
         try:
@@ -129,21 +129,28 @@ def _rows_to_table(buffer: list) -> pa.Table:
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
+def _schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([SCHEMA.field(c) for c in columns])
+
+
 def latest_positions(table: pa.Table, where: pa.Array | None = None) -> pa.Array:
-    """Indices into `table` of the newest row per item (ascending by update time). Vectorised:
-    sort by (updated, seq), then the highest sorted position per item; `where` restricts the rows."""
+    """Indices into `table` of the newest row per item (ascending). Vectorised: rank the rows by
+    (updated, seq), then the highest rank per item; `where` restricts the rows. One hash table
+    (use_threads=False) takes half the memory of per-thread ones and is faster here."""
     if where is not None:
         base = pc.indices_nonzero(pc.fill_null(where, False))
         table = table.take(base)
-    if table.num_rows == 0:
-        return pa.array([], pa.uint64())
+    n = table.num_rows
+    if n == 0:
+        return pa.array([], pa.int64())
     order = pc.sort_indices(table.select(["updated", "seq"]),
-                            sort_keys=[("updated", "ascending"), ("seq", "ascending")])
-    keys = pa.table({"item": table["item"].take(order),
-                     "pos": pa.array(np.arange(table.num_rows, dtype=np.int64))})
-    last = keys.group_by("item").aggregate([("pos", "max")])["pos_max"]
-    idx = order.take(last.take(pc.sort_indices(last)))
-    return base.take(idx) if where is not None else idx
+                            sort_keys=[("updated", "ascending"), ("seq", "ascending")]).to_numpy()
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    best = pa.table({"item": table["item"], "rank": rank}).group_by("item", use_threads=False) \
+        .aggregate([("rank", "max")])["rank_max"].to_numpy()
+    idx = np.sort(order[best]).astype(np.int64)
+    return pa.array(base.to_numpy()[idx].astype(np.int64) if where is not None else idx)
 
 
 def latest_rows(table: pa.Table) -> pa.Table:
@@ -155,8 +162,7 @@ def _resume_rows(table: pa.Table) -> pa.Table:
     items whose latest row has none (so `failed`/`retry` can still say why)."""
     latest = latest_positions(table)
     last_err = latest_positions(table, pc.is_valid(table["error"]))
-    keep = pc.unique(pa.chunked_array([latest.cast(pa.uint64()), last_err.cast(pa.uint64())]))
-    return table.take(keep.take(pc.sort_indices(keep)))
+    return table.take(pa.array(np.union1d(latest.to_numpy(), last_err.to_numpy())))
 
 
 @dataclass
@@ -304,43 +310,97 @@ class Manifest:
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
 
-    def _read(self, parts: list[pafs.FileInfo]) -> pa.Table:
-        if not parts:
-            return SCHEMA.empty_table()
-        dataset = ds.dataset([p.path for p in parts], schema=SCHEMA, format="parquet", filesystem=self.fs)
-        return dataset.to_table()
+    # Reads go part by part in two passes: the narrow columns that decide which row is the latest
+    # (item, status, updated, seq), then only the winning rows of the columns asked for. A
+    # million-item manifest never sits in memory whole.
+    def _read_part(self, source, columns: list[str], positions: np.ndarray | None = None) -> pa.Table:
+        """Columns of one part (a path, or the in-memory buffer), conformed to SCHEMA (parts
+        written by older versions lack some columns); only the rows at sorted `positions`, read
+        one row group at a time, when given."""
+        if isinstance(source, pa.Table):
+            t = source.select(columns)
+            return t if positions is None else t.take(pa.array(positions))
+        with self.fs.open_input_file(source) as f:
+            pf = pq.ParquetFile(f)
+            have = set(pf.schema_arrow.names)
+            present = [c for c in columns if c in have]
+            if positions is None:
+                t = pf.read(columns=present)
+            else:
+                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                starts = np.cumsum([0] + sizes, dtype=np.int64)
+                cuts = np.searchsorted(positions, starts)
+                pieces = [pf.read_row_group(i, columns=present).take(pa.array(positions[cuts[i]:cuts[i + 1]] - starts[i]))
+                          for i in range(pf.num_row_groups) if cuts[i + 1] > cuts[i]]
+                t = pa.concat_tables(pieces) if pieces else pf.schema_arrow.empty_table().select(present)
+        arrays = []
+        for c in columns:
+            typ = SCHEMA.field(c).type
+            if c in have:
+                arrays.append(t[c].cast(typ))
+            else:
+                arrays.append(pa.repeat(pa.scalar(math.nan), t.num_rows) if c in METRICS
+                              else pa.nulls(t.num_rows, typ))
+        return pa.Table.from_arrays(arrays, schema=_schema(columns))
 
-    def _read_disk(self) -> pa.Table:
-        """All rows on disk. A part can vanish between listing and reading (a compaction deleted
-        it after writing its replacement, or the job removed its work dir): list again."""
+    def _sources(self) -> list:
+        buffered = [_rows_to_table(self._buffer)] if self._buffer else []
+        return [p.path for p in self.parts()] + buffered
+
+    def _narrow(self, sources: list, columns: list[str]):
+        tables = [self._read_part(s, columns) for s in sources]
+        offsets = np.cumsum([0] + [t.num_rows for t in tables], dtype=np.int64)
+        return (pa.concat_tables(tables) if tables else _schema(columns).empty_table()), offsets
+
+    def _gather(self, sources: list, offsets: np.ndarray, positions: np.ndarray, columns: list[str]) -> pa.Table:
+        """The rows at sorted global `positions` of the concatenated sources."""
+        cuts = np.searchsorted(positions, offsets)
+        out = []
+        for i, src in enumerate(sources):
+            sel = positions[cuts[i]:cuts[i + 1]] - offsets[i]
+            if len(sel):
+                out.append(self._read_part(src, columns, sel))
+        return pa.concat_tables(out) if out else _schema(columns).empty_table()
+
+    def _retrying(self, fn):
+        """A part can vanish between listing and reading (a compaction deleted it after writing
+        its replacement, or the job removed its work dir): list again."""
         for attempt in range(10):
             try:
-                return self._read(self.parts())
+                return fn()
             except FileNotFoundError:
                 if attempt == 9:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
-    def table(self) -> pa.Table:
-        """Every row: on disk, and this writer's unflushed buffer."""
-        disk = self._read_disk()
-        if not self._buffer:
-            return disk
-        return pa.concat_tables([disk, _rows_to_table(self._buffer)])
+    def table(self, columns: Iterable[str] | None = None) -> pa.Table:
+        """Every row, on disk and in this writer's unflushed buffer."""
+        cols = list(columns or SCHEMA.names)
+        return self._retrying(lambda: self._narrow(self._sources(), cols)[0])
 
-    def state(self, statuses: Iterable[str] | None = None, last_error: bool = False) -> pa.Table:
-        """The latest row per item, optionally only those whose latest status is in `statuses`;
-        `last_error` adds the item's newest error text even when its latest row has none (an
-        item retried after a failure, or killed while running)."""
-        table = self.table()
-        t = latest_rows(table)
-        if last_error:
-            ep = latest_positions(table, pc.is_valid(table["error"]))
-            errors = pa.table({"e_item": table["item"].take(ep), "last_error": table["error"].take(ep)})
-            t = t.join(errors, keys="item", right_keys="e_item", join_type="left outer")
-        if statuses is not None:
-            t = t.filter(pc.is_in(t["status"], pa.array(list(statuses), pa.string())))
-        return t
+    def state(self, statuses: Iterable[str] | None = None, last_error: bool = False,
+              columns: Iterable[str] | None = None) -> pa.Table:
+        """The latest row per item (in storage order), optionally only those whose latest status
+        is in `statuses`, with `columns` (default all). `last_error` adds the item's newest error
+        text even when its latest row has none (retried after a failure, or killed running)."""
+        cols = list(columns or SCHEMA.names)
+        if "item" not in cols:
+            cols.insert(0, "item")
+
+        def once():
+            sources = self._sources()
+            narrow, offsets = self._narrow(sources, ["item", "status", "updated", "seq"]
+                                           + (["error"] if last_error else []))
+            pos = latest_positions(narrow)
+            if statuses is not None:
+                pos = pos.filter(pc.is_in(narrow["status"].take(pos), pa.array(list(statuses), pa.string())))
+            t = self._gather(sources, offsets, np.sort(pos.to_numpy().astype(np.int64)), cols)
+            if last_error:
+                ep = latest_positions(narrow, pc.is_valid(narrow["error"]))
+                errors = pa.table({"e_item": narrow["item"].take(ep), "last_error": narrow["error"].take(ep)})
+                t = t.join(errors, keys="item", right_keys="e_item", join_type="left outer")
+            return t
+        return self._retrying(once)
 
     def latest(self) -> dict[str, dict]:
         """item -> its newest row, as dicts (small manifests; use state() for large ones)."""
@@ -348,18 +408,25 @@ class Manifest:
 
     # -- compaction ---------------------------------------------------------------------------
     def compact(self, parts: list[pafs.FileInfo] | None = None) -> int:
-        """Merge `parts` (default: all) into one part of the rows resume needs, then delete them.
+        """Merge `parts` (default: all) into one part of the rows resume needs (the latest row
+        per item, and the last error of items whose latest row has none), then delete them.
         Returns how many parts were removed. Safe to kill at any point, and safe beside writers
         (their new parts are not in the list) and other compactions (rows are copies)."""
         self.flush(compact=False)
         parts = self.parts() if parts is None else parts
         if len(parts) <= 1:
             return 0
+        sources = [p.path for p in parts]
         try:
-            table = self._read(parts)
+            narrow, offsets = self._narrow(sources, ["item", "updated", "seq", "error"])
+            keep = np.unique(np.concatenate([latest_positions(narrow).to_numpy(),
+                                             latest_positions(narrow, pc.is_valid(narrow["error"])).to_numpy()
+                                             ]).astype(np.int64))
+            del narrow
+            merged = self._gather(sources, offsets, keep, SCHEMA.names)
         except FileNotFoundError:   # another compaction took them first
             return 0
-        _write_part(self.fs, self.root, self.local, _resume_rows(table), tag="-c")
+        _write_part(self.fs, self.root, self.local, merged, tag="-c")
         for p in parts:
             try:
                 self.fs.delete_file(p.path)
@@ -395,8 +462,8 @@ class Manifest:
             "mtime": listing["mtime"].cast(pa.float64()),
             "hash": listing["hash"].cast(pa.string()) if "hash" in listing.column_names else pa.nulls(n, pa.string()),
         })
-        st = self.state(last_error=True).select(["item", "size", "mtime", "hash", "settings", "status",
-                                                 "attempts", "last_error"])
+        st = self.state(last_error=True, columns=["item", "size", "mtime", "hash", "settings", "status",
+                                                  "attempts"])
         st = st.rename_columns(["m_item"] + ["m_" + c for c in st.column_names[1:]])
         j = cur.join(st, keys="item", right_keys="m_item", join_type="left outer", use_threads=True)
         true = pa.scalar(True)

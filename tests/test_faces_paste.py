@@ -216,3 +216,14 @@ def test_colour_matching_removes_a_face_model_colour_cast():
         err[color] = np.abs(out[region].astype(int) - bg[0][region]).mean(0)     # per channel, on the faces
     # measured: mean error per channel (26, 17, 10)/255 without matching, (1.3, 1.6, 0.5) with it
     assert err["none"].max() > 15 and err["lab"].max() < 3
+
+
+def test_chain_passes_the_engine_graph_check():
+    from functools import partial
+    from pipeline.engine import StageSpec, check_graph, fuse
+    stages = face_stages("marker", face_scale=4, background=("upscale", partial(Bicubic, 4)), background_scale=4)
+    specs = [StageSpec(name, factory, gpus_per_actor=1 if name in ("upscale", "face_sr") else 0)
+             for name, factory in stages]
+    check_graph(("frames", "index", "pts"), specs)
+    groups = [[s.name for s in g] for g in fuse(specs)]
+    assert groups == [["face_detect", "face_track", "face_align"], ["upscale", "face_sr"], ["face_paste"]]

@@ -162,8 +162,8 @@ def test_corrupt_frame_in_the_middle_is_reported_and_job_goes_on(tmp_path, capsy
     assert run_job(bad, out, "--model", "bicubic", "--scale", "2") == 0
     printed = capsys.readouterr().out
     assert f"{bad}: corrupt video data at" in printed
-    assert "could not be decoded and are missing" in printed
-    assert probe(str(out)).frame_count == 35
+    assert "could not be decoded, shown as a copy of the nearest good frame" in printed
+    assert probe(str(out)).frame_count == 36  # the lost frame's time is kept (issue 11 item 5)
 
 
 def test_real_clips_first_second(tmp_path):

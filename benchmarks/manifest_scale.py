@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     rows = []
 
     def step(name, fn):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        rows.append((name, time.perf_counter() - t0, rss_mib()))
+        rows.append((name, time.perf_counter() - t0, time.process_time() - c0, rss_mib()))
         return out
 
     try:
@@ -130,10 +130,11 @@ def main(argv=None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nManifest of {n:,} items ({u:,} updates), {os.cpu_count()} CPUs; compacted size {size_mib:.1f} MiB\n")
-    print("| step | seconds | peak RSS so far (MiB) |")
-    print("|---|---|---|")
-    for name, sec, rss in rows:
-        print(f"| {name} | {sec:.2f} | {rss:.0f} |")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (wall time stretches when other work shares the CPUs)\n")
+    print("| step | wall s | CPU s | peak RSS so far (MiB) |")
+    print("|---|---|---|---|")
+    for name, sec, cpu, rss in rows:
+        print(f"| {name} | {sec:.2f} | {cpu:.2f} | {rss:.0f} |")
     print(f"\nbefore the first step: {base_rss:.0f} MiB (Python, pyarrow, the listing); "
           f"Arrow pool peak: {pa.default_memory_pool().max_memory() / 2**20:.0f} MiB")
     print(f"diff counts: {d.counts}")

@@ -14,7 +14,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .frames import to_rgb
+from .frames import to_alpha, to_rgb
 from .probe import VideoInfo
 from .segments import Segment
 
@@ -35,20 +35,22 @@ def _ranges(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[dict]:
-    """Yield batches {frames, index, pts, repeated, concealed, segment, warnings, timings}.
+    """Yield batches {frames, index, pts, repeated, concealed, [alpha], segment, warnings, timings}.
 
     `repeated` (bool, N): the row stands in for a frame that could not be decoded; `concealed`
     (bool, N): the decoder produced the frame but marked it corrupt. Both are columns in the sense
-    of docs/batches.md; `segment`, `warnings` and `timings` travel beside the columns."""
+    of docs/batches.md, as is `alpha` (N, H, W), present when the source has an alpha channel;
+    `segment`, `warnings` and `timings` travel beside the columns."""
     wanted = [int(p) for p in info.pts[seg.first_frame: seg.first_frame + seg.frame_count]]
     n = len(wanted)
     slot = {p: i for i, p in enumerate(wanted)}
-    pending: dict[int, np.ndarray] = {}       # slot -> decoded frame not yet passed on
+    pending: dict[int, tuple] = {}            # slot -> (rgb, alpha) decoded, not yet passed on
     done = [False] * n
     state = {"next": 0, "last": None, "late": 0, "errors": 0}
     lost: list[int] = []
     warnings: list[str] = []
-    frames, index, pts, repeated, concealed = [], [], [], [], []
+    frames, index, pts, repeated, concealed, alphas = [], [], [], [], [], []
+    keep_alpha = bool(getattr(info, "has_alpha", False))
     corrupt: set[int] = set()
     t0 = time.perf_counter()
     dtype = np.uint8 if info.bit_depth <= 8 else np.uint16
@@ -59,16 +61,20 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
         warnings.append(line)
 
     def flush():
-        nonlocal frames, index, pts, warnings, repeated, concealed
+        nonlocal frames, index, pts, warnings, repeated, concealed, alphas
         batch = {"frames": np.stack(frames), "index": np.asarray(index, dtype=np.int64),
                  "pts": np.asarray(pts, dtype=np.int64), "repeated": np.asarray(repeated, dtype=bool),
                  "concealed": np.asarray(concealed, dtype=bool), "segment": seg.index,
                  "warnings": warnings, "timings": {"decode": time.perf_counter() - t0}}
-        frames, index, pts, warnings, repeated, concealed = [], [], [], [], [], []
+        if keep_alpha:
+            batch["alpha"] = np.stack(alphas)
+        frames, index, pts, warnings, repeated, concealed, alphas = [], [], [], [], [], [], []
         return batch
 
-    def emit(i: int, img: np.ndarray, stand_in: bool):
-        frames.append(img)
+    def emit(i: int, img: tuple, stand_in: bool):
+        frames.append(img[0])
+        if keep_alpha:
+            alphas.append(img[1])
         index.append(seg.first_frame + i)
         pts.append(wanted[i])
         done[i] = True
@@ -94,7 +100,8 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
                 if stand_in is None:
                     if not final:
                         break
-                    stand_in = np.zeros((info.height, info.width, 3), dtype)
+                    stand_in = (np.zeros((info.height, info.width, 3), dtype),
+                                np.zeros((info.height, info.width), dtype))
                 emit(i, stand_in, True)
             else:
                 break
@@ -137,7 +144,8 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
                     if len(corrupt) <= _MAX_ERROR_LINES:
                         warn(f"frame {seg.first_frame + i} at {info.seconds(frame.pts):.3f}s is corrupt "
                              f"(decoded with concealment)")
-                pending[i] = to_rgb(frame, info.bit_depth, info.colorspace, info.color_range)
+                pending[i] = (to_rgb(frame, info.bit_depth, info.colorspace, info.color_range),
+                              to_alpha(frame, info.bit_depth) if keep_alpha else None)
             for batch in advance(False):
                 yield batch
                 t0 = time.perf_counter()  # time paused by back-pressure is not decode time
@@ -160,9 +168,12 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
         warn(f"{state['late']} frame(s) of segment {seg.index} came after their stand-in and were dropped")
     if frames or warnings:
         if not frames:
-            yield {"frames": np.zeros((0, info.height, info.width, 3), dtype),
-                   "index": np.zeros(0, np.int64), "pts": np.zeros(0, np.int64),
-                   "repeated": np.zeros(0, bool), "concealed": np.zeros(0, bool), "segment": seg.index,
-                   "warnings": warnings, "timings": {}}
+            empty = {"frames": np.zeros((0, info.height, info.width, 3), dtype),
+                     "index": np.zeros(0, np.int64), "pts": np.zeros(0, np.int64),
+                     "repeated": np.zeros(0, bool), "concealed": np.zeros(0, bool), "segment": seg.index,
+                     "warnings": warnings, "timings": {}}
+            if keep_alpha:
+                empty["alpha"] = np.zeros((0, info.height, info.width), dtype)
+            yield empty
         else:
             yield flush()

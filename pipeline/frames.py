@@ -96,6 +96,17 @@ def _downsample(c: np.ndarray, wdiv: int, hdiv: int, cosited: bool) -> np.ndarra
     return cv2.resize(c, (c.shape[1] // wdiv, c.shape[0] // hdiv), interpolation=cv2.INTER_AREA)
 
 
+def has_alpha(fmt: av.VideoFormat | str) -> bool:
+    fmt = av.VideoFormat(fmt) if isinstance(fmt, str) else fmt
+    return fmt.has_palette or any(c.is_alpha for c in fmt.components)
+
+
+def to_alpha(frame: av.VideoFrame, bit_depth: int) -> np.ndarray:
+    """(H, W) alpha at the same scale as to_rgb's output (255 or 65535 = opaque)."""
+    rgba = frame.reformat(format="rgba" if bit_depth <= 8 else "rgba64le").to_ndarray()
+    return np.ascontiguousarray(rgba[..., 3])
+
+
 def to_rgb(frame: av.VideoFrame, bit_depth: int, colorspace: int, color_range: int) -> np.ndarray:
     """(H, W, 3) RGB, uint8 for 8-bit sources, uint16 (0..65535) for deeper ones."""
     fmt = frame.format
@@ -149,30 +160,36 @@ _ACCURATE = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.I
              | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
 
 
-def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int) -> av.VideoFrame:
-    """A frame in `pix_fmt` from (H, W, 3) uint8 or uint16 RGB, with the given matrix and range."""
+def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int,
+             alpha: np.ndarray | None = None) -> av.VideoFrame:
+    """A frame in `pix_fmt` from (H, W, 3) uint8 or uint16 RGB, with the given matrix and range.
+    `alpha` (H, W, same scale as rgb) fills the format's alpha plane; without it, opaque."""
     rgb = np.ascontiguousarray(rgb)
     peak = 255.0 if rgb.dtype == np.uint8 else 65535.0
     target = av.VideoFormat(pix_fmt)
     if target.is_rgb or target.has_palette:
-        src = av.VideoFrame.from_ndarray(rgb, format="rgb24" if rgb.dtype == np.uint8 else "rgb48le")
+        if alpha is not None and has_alpha(target):
+            rgba = np.concatenate([rgb, alpha.astype(rgb.dtype)[..., None]], axis=2)
+            src = av.VideoFrame.from_ndarray(rgba, format="rgba" if rgb.dtype == np.uint8 else "rgba64le")
+        else:
+            src = av.VideoFrame.from_ndarray(rgb, format="rgb24" if rgb.dtype == np.uint8 else "rgb48le")
         return src.reformat(format=pix_fmt, interpolation=_ACCURATE)
     h, w = rgb.shape[:2]
     layout = _yuv_layout(target)
     comps = target.components
     if layout is None and len(comps) == 1:
         planar = None
-        bits, wdiv, hdiv, alpha = comps[0].bits, 1, 1, False
+        bits, wdiv, hdiv, layout_alpha = comps[0].bits, 1, 1, False
     elif layout is None:
         bits = min(16, max(8, comps[0].bits))
         wdiv = 2 if target.chroma_width(1024) < 1024 else 1
         hdiv = 2 if target.chroma_height(1024) < 1024 else 1
         if target.chroma_width(1024) < 512 or target.chroma_height(1024) < 512:
             wdiv = hdiv = 1
-        planar, alpha = _planar_name(bits, wdiv, hdiv), False
+        planar, layout_alpha = _planar_name(bits, wdiv, hdiv), False
     else:
         planar = pix_fmt
-        bits, wdiv, hdiv, alpha = layout
+        bits, wdiv, hdiv, layout_alpha = layout
     kr, kb = kr_kb(colorspace)
     kg = 1.0 - kr - kb
     yo, ys, co, cs = _levels(bits, int(color_range) == 2)
@@ -204,8 +221,9 @@ def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int) -
     _plane_view(frame.planes[0], dt, w, h)[:] = quant(y)
     _plane_view(frame.planes[1], dt, cw, ch)[:] = quant(u)
     _plane_view(frame.planes[2], dt, cw, ch)[:] = quant(v)
-    if alpha:
-        _plane_view(frame.planes[3], dt, w, h)[:] = int(top)   # operators carry no alpha: opaque
+    if layout_alpha:
+        _plane_view(frame.planes[3], dt, w, h)[:] = (int(top) if alpha is None else
+                                                     quant(alpha.astype(np.float32) * (top / peak)))
     if planar != pix_fmt:
         frame = frame.reformat(format=pix_fmt, interpolation=_ACCURATE)
     return frame

@@ -13,6 +13,10 @@ import av
 import numpy as np
 
 from .errors import InputError
+from .frames import has_alpha
+
+# demuxers of single pictures: one frame from them is a photo, not a clip
+_IMAGE_FORMATS = {"image2", "gif", "webp", "apng", "ico", "tiff", "bmp", "jpegxl", "avif"}
 
 
 @dataclass
@@ -38,6 +42,7 @@ class VideoInfo:
     other_streams: list[dict] = field(default_factory=list)   # audio / subtitle / data
     metadata: dict = field(default_factory=dict)
     end_pts: int | None = None      # when the last frame stops showing (its pts + duration)
+    has_alpha: bool = False         # decode_segment then adds an `alpha` column
 
     @property
     def frame_count(self) -> int:
@@ -88,6 +93,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 _fail(path, f"corrupt or truncated video ({e.strerror or type(e).__name__})")
         if not pts:
             _fail(path, "no video frames (truncated or empty stream)")
+        if len(pts) == 1 and (container.format.name in _IMAGE_FORMATS or container.format.name.endswith("_pipe")):
+            _fail(path, f"a still image ({vs.codec_context.name}), not a video; upscale images with "
+                        f"jobs/upscale_images.py")
         first = _first_frame(container, vs, path)
         bit_depth = max((c.bits for c in first.format.components), default=8)
         info = VideoInfo(
@@ -105,6 +113,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                            for s in container.streams if s.type in ("audio", "subtitle")],
             metadata=dict(container.metadata),
             end_pts=end,
+            has_alpha=has_alpha(first.format),
         )
     return info
 

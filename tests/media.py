@@ -4,6 +4,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 
 from pipeline.decode import decode_segment
@@ -47,14 +48,15 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 
 def upscale_identity(src, tmp_path, min_frames, start=None, end=None, codec="libx264", ext="mp4",
-                     report=None, **encode):
+                     report=None, scale=1, **encode):
     """Decode each planned segment, encode it to its own file, join them: the engine's path
-    without Ray or a model. `report` (a dict) receives the warnings and stand-in frame indices."""
+    without Ray, with cv2 bicubic as the model when `scale` > 1. `report` (a dict) receives the
+    warnings, stand-in frame indices and the writer's notes."""
     info = probe(src)
     warnings, repeated = [], []
     to_pts = (lambda t: None if t is None else int(Fraction(t) / info.time_base))
     segs = plan_segments(info.pts, info.keyframe_pts, min_frames, to_pts(start), to_pts(end))
-    params = StreamParams(width=info.width, height=info.height, time_base=info.time_base,
+    params = StreamParams(width=info.width * scale, height=info.height * scale, time_base=info.time_base,
                           rate=info.average_rate, pix_fmt=info.pix_fmt, colorspace=info.colorspace,
                           color_range=info.color_range, color_primaries=info.color_primaries,
                           color_trc=info.color_trc)
@@ -63,9 +65,14 @@ def upscale_identity(src, tmp_path, min_frames, start=None, end=None, codec="lib
         path = str(tmp_path / f"{seg.name}.seg")
         w = SegmentWriter(path, EncodeSettings(codec=codec, **encode), params)
         for batch in decode_segment(info, seg, 5):
-            w.write(batch["frames"], batch["pts"])
+            if scale > 1:
+                batch["frames"] = np.stack([cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+                                            for f in batch["frames"]]).reshape(
+                    (-1, info.height * scale, info.width * scale, 3))
+            w.write(batch["frames"], batch["pts"], batch.get("alpha"))
             warnings += batch["warnings"]
             repeated += batch["index"][batch["repeated"]].tolist()
+        notes = w.notes
         w.close()
         paths.append(path)
     out = str(tmp_path / f"out.{ext}")
@@ -73,5 +80,5 @@ def upscale_identity(src, tmp_path, min_frames, start=None, end=None, codec="lib
     t1 = None if end is None else Fraction(to_pts(end)) * info.time_base
     assemble(out, paths, info, start=t0, end=t1)
     if report is not None:
-        report.update(warnings=warnings, repeated=repeated)
+        report.update(warnings=warnings, repeated=repeated, notes=notes)
     return out, segs

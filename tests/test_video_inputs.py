@@ -2,13 +2,15 @@
 files, RGB / RGBA / palette sources, odd and huge sizes, still images. Run through the real
 decode -> encode -> mux path without Ray (tests.media.upscale_identity)."""
 import re
+from dataclasses import replace
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 
 from pipeline.probe import probe
-from pipeline.synth import make_clip
+from pipeline.synth import make_clip, pattern
 from tests.media import upscale_identity
 
 
@@ -98,3 +100,137 @@ def test_nothing_decodable_in_a_segment_gives_black_frames(clean, tmp_path):
     assert any("shown as black" in w for w in report["warnings"])
     assert set(range(12)) <= set(report["repeated"])
     assert got[0][1].max() <= 2   # black (limited range round trip)
+
+
+# ---- pixel formats (issue 11 item 7) ----
+
+def alpha_pattern(i, w, h):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.clip(x * 3 + y * 2 + 5 * i, 0, 255).astype(np.uint8)   # smooth, so resizing keeps it
+
+
+def write_rgb_clip(path, codec, pix_fmt, frames=6, w=64, h=48, alpha=False, options=None):
+    """A lossless RGB(A) clip of the synth pattern; returns the RGB(A) frames written."""
+    truth = []
+    with av.open(path, "w") as c:
+        s = c.add_stream(codec, rate=25, options=options or {})
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        for i in range(frames):
+            img = pattern(i, w, h)
+            if alpha:
+                img = np.concatenate([img, alpha_pattern(i, w, h)[..., None]], axis=2)
+            truth.append(img)
+            f = av.VideoFrame.from_ndarray(img, format="rgba" if alpha else "rgb24").reformat(format=pix_fmt)
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return np.stack(truth)
+
+
+def decoded_rgba(path):
+    """Output pixels through swscale (not pipeline.frames), with the stream's own tags."""
+    acc = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
+           | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
+    with av.open(path) as c:
+        return np.stack([f.reformat(format="rgba", src_colorspace=f.colorspace, src_color_range=f.color_range,
+                                    dst_color_range=2, interpolation=acc).to_ndarray()
+                         for f in c.decode(video=0)])
+
+
+LOSSLESS_444 = {"crf": None, "options": {"qp": "0"}}
+
+
+@pytest.mark.parametrize("codec, pix_fmt, ext, opts", [
+    ("png", "rgb24", "mov", None), ("qtrle", "rgb24", "mov", None),
+    ("libx264rgb", "bgr0", "mp4", {"qp": "0"}), ("ffv1", "bgr0", "mkv", None)])
+def test_rgb_sources_encode_as_yuv444_with_the_right_colours(tmp_path, codec, pix_fmt, ext, opts):
+    src = str(tmp_path / f"rgb.{ext}")
+    truth = write_rgb_clip(src, codec, pix_fmt, options=opts)
+    report = {}
+    out, _ = upscale_identity(src, tmp_path, 12, report=report, **LOSSLESS_444)
+    assert probe(out).pix_fmt == "yuv444p"
+    assert any("writing yuv444p" in n and "RGB stored as YUV with the BT.709 matrix" in n for n in report["notes"])
+    got = decoded_rgba(out)[..., :3].astype(float)
+    assert got.shape == truth.shape
+    # only the 8-bit YUV rounding is left (a wrong matrix tag costs tens of codes)
+    assert np.abs(got - truth).mean() < 0.7 and abs((got - truth).mean()) < 0.1
+    with av.open(out) as c:
+        cc = c.streams.video[0].codec_context
+        assert (int(cc.colorspace), int(cc.color_range)) == (1, 1)
+
+
+def test_rgba_keeps_alpha_where_the_encoder_can_and_says_when_it_is_dropped(tmp_path):
+    src = str(tmp_path / "rgba.mov")
+    truth = write_rgb_clip(src, "png", "rgba", alpha=True)
+    assert probe(src).has_alpha
+    report = {}
+    out, _ = upscale_identity(src, tmp_path, 12, codec="ffv1", ext="mkv", report=report)
+    assert av.VideoFormat(probe(out).pix_fmt).components[-1].is_alpha
+    assert any("alpha kept" in n for n in report["notes"]) or not report["notes"]
+    got = decoded_rgba(out)
+    assert np.array_equal(got, truth)         # RGB and alpha, bit-exact through FFV1 RGBA
+    report = {}
+    (tmp_path / "x264").mkdir()
+    out, _ = upscale_identity(src, tmp_path / "x264", 12, report=report)
+    assert probe(out).pix_fmt == "yuv444p"
+    assert any("alpha dropped: libx264 cannot store it" in n for n in report["notes"])
+
+
+def test_scaled_alpha_follows_the_frame(tmp_path):
+    src = str(tmp_path / "rgba.mov")
+    truth = write_rgb_clip(src, "png", "rgba", alpha=True, w=32, h=24)
+    out, _ = upscale_identity(src, tmp_path, 12, codec="ffv1", ext="mkv", scale=2)
+    got = decoded_rgba(out)
+    assert got.shape == (len(truth), 48, 64, 4)
+    # each 2x2 block's mean alpha is the source pixel's (a smooth ramp, resized)
+    blocks = got[..., 3].astype(float).reshape(len(truth), 24, 2, 32, 2).mean(axis=(2, 4))
+    inner = (slice(None), slice(2, -2), slice(2, -2))
+    assert np.abs(blocks[inner] - truth[..., 3][inner]).max() < 2
+    assert np.abs(got[..., 3].astype(float) - 255).mean() > 50   # not made opaque
+
+
+def test_palette_gif_encodes(tmp_path):
+    from PIL import Image
+    frames = [Image.fromarray(pattern(i, 64, 48)).convert("P", palette=Image.ADAPTIVE) for i in range(5)]
+    src = str(tmp_path / "anim.gif")
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    truth = np.stack([np.asarray(f.convert("RGB")) for f in frames]).astype(float)
+    report = {}
+    out, _ = upscale_identity(src, tmp_path, 12, report=report, **LOSSLESS_444)
+    assert probe(out).frame_count == 5 and probe(out).pix_fmt == "yuv444p"
+    assert report["notes"]
+    assert np.abs(decoded_rgba(out)[..., :3] - truth).mean() < 0.7
+
+
+def test_odd_size_in_420_moves_to_444_with_a_note(tmp_path):
+    src = make_clip(str(tmp_path / "odd.mkv"), frames=4, width=321, height=241, codec="ffv1", audio=False)
+    assert probe(src).pix_fmt == "yuv420p"
+    report = {}
+    out, _ = upscale_identity(src, tmp_path, 12, ext="mp4", report=report, scale=3)
+    info = probe(out)
+    assert (info.width, info.height, info.pix_fmt) == (963, 723, "yuv444p") and info.frame_count == 4
+    assert any("odd size 963x723" in n for n in report["notes"])
+
+
+def test_size_beyond_the_encoder_limit_is_refused_before_any_frame():
+    from pipeline.encode import EncodeSettings, StreamParams, check_encoder, check_size
+    msg = check_size("libx264", 16386, 1200)
+    assert "16384" in msg and "16386x1200" in msg and "\n" not in msg
+    assert check_size("libx264", 16384, 16384) is None and check_size("ffv1", 40000, 40000) is None
+    params = StreamParams(width=20000, height=800, time_base=Fraction(1, 25), rate=Fraction(25), pix_fmt="yuv420p",
+                          colorspace=1, color_range=1, color_primaries=1, color_trc=1)
+    assert "up to 16384x16384" in check_encoder(EncodeSettings(), params)
+    assert "up to 8192x8192" in check_encoder(EncodeSettings(codec="libx265"), replace(params, width=9000))
+
+
+def test_still_image_points_to_the_image_job(tmp_path):
+    from PIL import Image
+    from pipeline.errors import InputError
+    for name in ("photo.jpg", "photo.png"):
+        p = tmp_path / name
+        Image.fromarray(pattern(0, 64, 48)).save(p)
+        with pytest.raises(InputError) as e:
+            probe(p)
+        assert str(p) in str(e.value) and "jobs/upscale_images.py" in str(e.value) and "\n" not in str(e.value)
+    one = make_clip(str(tmp_path / "one.mp4"), frames=1, audio=False)   # a one-frame video is still a video
+    assert probe(one).frame_count == 1

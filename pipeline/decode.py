@@ -114,24 +114,9 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
         vs = container.streams[info.stream_index]
         vs.thread_type = "AUTO"
         container.seek(seg.start_pts, stream=vs, backward=True, any_frame=False)
-        packets = container.demux(vs)
-        while state["next"] < n:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as e:
-                warn(f"unreadable video data after {info.seconds(wanted[state['next']]):.3f}s; "
-                     f"the rest of segment {seg.index} is not decoded ({e.strerror or type(e).__name__})")
-                break
-            try:
-                decoded = packet.decode()
-            except av.error.FFmpegError as e:
-                state["errors"] += 1
-                if state["errors"] <= _MAX_ERROR_LINES:
-                    t = info.seconds(packet.pts) if packet.pts is not None else float("nan")
-                    warn(f"corrupt video data at {t:.3f}s skipped ({e.strerror or type(e).__name__})")
-                continue
+        cc = vs.codec_context
+
+        def take(decoded):
             for frame in decoded:
                 i = slot.get(frame.pts)
                 if i is None or i in pending:
@@ -146,9 +131,52 @@ def decode_segment(info: VideoInfo, seg: Segment, batch_size: int) -> Iterator[d
                              f"(decoded with concealment)")
                 pending[i] = (to_rgb(frame, info.bit_depth, info.colorspace, info.color_range),
                               to_alpha(frame, info.bit_depth) if keep_alpha else None)
+
+        def corrupt_packet(e, t):
+            state["errors"] += 1
+            if state["errors"] <= _MAX_ERROR_LINES:
+                where = f"at {info.seconds(t):.3f}s" if t is not None else \
+                    f"after {info.seconds(wanted[min(state['next'], n - 1)]):.3f}s"
+                warn(f"corrupt video data {where} skipped ({e.strerror or type(e).__name__})")
+
+        def drain():
+            """Frames still inside the decoder: an error while flushing leaves the rest there."""
+            for _ in range(64):
+                try:
+                    decoded = cc.decode(None)
+                except EOFError:
+                    return
+                except av.error.FFmpegError as e:
+                    corrupt_packet(e, None)
+                    continue
+                if not decoded:
+                    return
+                take(decoded)
+
+        packets = container.demux(vs)
+        while state["next"] < n:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as e:
+                warn(f"unreadable video data after {info.seconds(wanted[state['next']]):.3f}s; "
+                     f"the rest of segment {seg.index} is not decoded ({e.strerror or type(e).__name__})")
+                break
+            if packet.is_corrupt and packet.size:
+                continue             # cut short by the end of the file (probe left it out): feeding
+                                     # it makes frame-threaded decoders drop the frames before it
+            try:
+                take(packet.decode())
+            except av.error.FFmpegError as e:
+                corrupt_packet(e, packet.pts if packet.pts is not None else packet.dts)
+                if packet.size == 0:
+                    drain()
             for batch in advance(False):
                 yield batch
                 t0 = time.perf_counter()  # time paused by back-pressure is not decode time
+        if state["next"] < n:
+            drain()
         for batch in advance(True):
             yield batch
             t0 = time.perf_counter()

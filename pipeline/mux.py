@@ -25,8 +25,8 @@ def _packets(container, stream, out_stream, shift: Fraction, start: Fraction | N
     off = int(round(shift / tb))
     seq = 0
     for packet in container.demux(stream):
-        if packet.size == 0 or (packet.pts is None and packet.dts is None):
-            continue
+        if packet.size == 0 or (packet.pts is None and packet.dts is None) or packet.is_corrupt:
+            continue   # is_corrupt: cut short by the end of a truncated source
         t = (packet.pts if packet.pts is not None else packet.dts) * tb
         if (start is not None and t < start) or (end is not None and t >= end):
             continue

@@ -43,10 +43,34 @@ class VideoInfo:
     metadata: dict = field(default_factory=dict)
     end_pts: int | None = None      # when the last frame stops showing (its pts + duration)
     has_alpha: bool = False         # decode_segment then adds an `alpha` column
+    promised_frames: int | None = None   # frames the container's index announces (MP4/MOV), if any
+    incomplete_packets: int = 0     # packets cut short by the end of the file (left out of pts)
+    read_error: str | None = None   # why reading stopped early, if it did
 
     @property
     def frame_count(self) -> int:
         return len(self.pts)
+
+    @property
+    def truncated(self) -> bool:
+        """The file ends before the video does: fewer frames than the index promises, a packet
+        cut short, or a read error before the end."""
+        return bool((self.promised_frames and self.promised_frames > self.frame_count)
+                    or self.incomplete_packets or self.read_error)
+
+    def truncation_warning(self, decoded: int | None = None) -> str | None:
+        """One line for the summary/manifest when truncated; `decoded`: frames really decoded
+        (written frames minus stand-ins), when known."""
+        if not self.truncated:
+            return None
+        promised = (f"the index promises {self.promised_frames} frames"
+                    if self.promised_frames and self.promised_frames > self.frame_count
+                    else "the video stream is cut short")
+        got = f"{self.frame_count} are in the file"
+        if decoded is not None:
+            got += f", {decoded} decoded"
+        why = f" (reading stopped: {self.read_error})" if self.read_error else ""
+        return f"{self.path}: truncated: {promised}, {got}{why}; the output is incomplete"
 
     def seconds(self, pts) -> float:
         return float(pts * self.time_base)
@@ -79,9 +103,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             _fail(path, "unsupported video codec")
         pts, keys = [], []
         end = None
+        short = 0
+        read_error = None
         try:
             for packet in container.demux(vs):
                 if packet.size == 0 or packet.pts is None:
+                    continue
+                if packet.is_corrupt:   # cut short by the end of the file: not a frame we have
+                    short += 1
                     continue
                 pts.append(packet.pts)
                 if packet.duration:
@@ -91,6 +120,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         except av.error.FFmpegError as e:
             if not pts:
                 _fail(path, f"corrupt or truncated video ({e.strerror or type(e).__name__})")
+            read_error = e.strerror or type(e).__name__
         if not pts:
             _fail(path, "no video frames (truncated or empty stream)")
         if len(pts) == 1 and (container.format.name in _IMAGE_FORMATS or container.format.name.endswith("_pipe")):
@@ -114,6 +144,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             metadata=dict(container.metadata),
             end_pts=end,
             has_alpha=has_alpha(first.format),
+            promised_frames=int(vs.frames) if vs.frames and vs.frames > 0 else None,
+            incomplete_packets=short, read_error=read_error,
         )
     return info
 

@@ -234,3 +234,42 @@ def test_still_image_points_to_the_image_job(tmp_path):
         assert str(p) in str(e.value) and "jobs/upscale_images.py" in str(e.value) and "\n" not in str(e.value)
     one = make_clip(str(tmp_path / "one.mp4"), frames=1, audio=False)   # a one-frame video is still a video
     assert probe(one).frame_count == 1
+
+
+# ---- truncated files (issue 11 item 6) ----
+
+def faststart_clip(path, frames=44):
+    with av.open(path, "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=25, options={"g": "12", "crf": "18"})
+        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(pattern(i, 160, 96), format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_truncated_faststart_mp4_says_how_many_frames_are_missing(tmp_path, keep):
+    full = faststart_clip(str(tmp_path / "full.mp4"))
+    assert not probe(full).truncated and probe(full).truncation_warning() is None
+    data = open(full, "rb").read()
+    cut = tmp_path / f"cut{int(keep * 100)}.mp4"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    info = probe(cut)
+    assert info.promised_frames == 44 and info.truncated
+    assert 0 < info.frame_count < 44
+    report = {}
+    (tmp_path / "w").mkdir()
+    out, _ = upscale_identity(str(cut), tmp_path / "w", 12, report=report, **LOSSLESS)
+    assert report["repeated"] == [] and not report["warnings"]   # every frame in the file decodes
+    got = decode_all(out)
+    clean = decode_all(full)
+    assert len(got) == info.frame_count
+    assert [t for t, _ in got] == [t for t, _ in clean[: len(got)]]
+    for (_, a), (_, b) in zip(got, clean):   # they are the first frames of the clip
+        assert np.abs(a.astype(int) - b).mean() < 1.5
+    line = info.truncation_warning(decoded=len(got))
+    assert line == (f"{cut}: truncated: the index promises 44 frames, {info.frame_count} are in the file, "
+                    f"{len(got)} decoded; the output is incomplete")

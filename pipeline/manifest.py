@@ -15,6 +15,7 @@ same state.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -108,10 +109,21 @@ def _flush_at_exit(fs, root, local, buffer):
     still reach disk. Never raises at interpreter exit."""
     if buffer:
         try:
+            if fs.get_file_info(root).type != pafs.FileType.Directory:
+                return   # the job removed its work dir: do not bring it back
             _write_part(fs, root, local, _rows_to_table(buffer))
             buffer.clear()
         except Exception:
             pass
+
+
+_LIVE: "weakref.WeakSet[Manifest]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_live_manifests():
+    for m in list(_LIVE):
+        _flush_at_exit(m.fs, m.root, m.local, m._buffer)
 
 
 def _rows_to_table(buffer: list) -> pa.Table:
@@ -189,7 +201,12 @@ class Manifest:
         self._buffer_since = 0.0
         self._last_seq = 0
         self._known_parts: int | None = None   # parts on disk at the last listing, plus ours since
+        # a forgotten or garbage-collected writer still writes its buffer; at exit the atexit hook
+        # below does it, because it runs before pyarrow's own teardown (weakref.finalize's may not)
         self._finalizer = weakref.finalize(self, _flush_at_exit, self.fs, self.root, self.local, self._buffer)
+        self._finalizer.atexit = False
+        _LIVE.add(self)
+        pa.array([0])   # pyarrow imports pandas on its first pa.array; at exit that import fails
 
     # -- writing ------------------------------------------------------------------------------
     def _next_seq(self) -> int:

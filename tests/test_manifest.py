@@ -67,6 +67,31 @@ def test_rows_map_video_names_ignore_unknown_keys_and_refuse_unknown_status(tmp_
         m.append([{"item": "x", "status": "finished"}])
 
 
+EXITER = textwrap.dedent("""
+    import shutil, sys
+    sys.path.insert(0, {root!r})
+    from pipeline.manifest import Manifest
+    m = Manifest(sys.argv[1], flush_seconds=3600)
+    m.append([{{"item": "a", "status": "running"}}])
+    if sys.argv[2] == "rmdir":
+        shutil.rmtree(sys.argv[1])
+    if sys.argv[2] == "ctrl-c":
+        raise KeyboardInterrupt
+""")
+
+
+@pytest.mark.parametrize("how", ["exit", "ctrl-c", "rmdir"])
+def test_buffered_rows_reach_disk_at_exit_unless_the_dir_is_gone(tmp_path, how):
+    d = tmp_path / "m"
+    res = subprocess.run([sys.executable, "-c", EXITER.format(root=str(ROOT)), str(d), how],
+                         capture_output=True, text=True)
+    assert res.returncode == (-signal.SIGINT if how == "ctrl-c" else 0), res.stderr
+    if how == "rmdir":
+        assert not d.exists()       # a job that removed its work dir does not get it back
+    else:
+        assert rows_on_disk(d) == {"a": "running"}
+
+
 CRASHER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})

@@ -54,6 +54,12 @@ def parse(argv=None) -> TrainConfig:
     ap.add_argument("--export", help="write the trained weights here (.safetensors)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--faces", action="store_true",
+                    help="--train is a folder of aligned square faces: whole-face crops of patch*scale px, "
+                         "horizontal flips only, FSRNet's MATLAB-bicubic LR (pipeline/face_data.py)")
+    ap.add_argument("--face-zoom", type=float, nargs=2, default=(1.0, 1.0), metavar=("LO", "HI"),
+                    help="random face size relative to the HR crop (log-uniform; <1 pads, >1 crops)")
+    ap.add_argument("--face-limit", type=int, default=0, help="use only the first N faces")
     a = ap.parse_args(argv)
     kw = {}
     if a.channels is not None:
@@ -65,7 +71,8 @@ def parse(argv=None) -> TrainConfig:
                        lr=a.lr, schedule=a.schedule, degradation=a.degradation, device=a.device,
                        amp=not a.no_amp, seed=a.seed, val_every=a.val_every, ckpt=a.ckpt,
                        ckpt_every=a.ckpt_every, resume=a.resume, export=a.export, time_limit=a.time_limit,
-                       threads=a.threads, log_every=a.log_every)
+                       threads=a.threads, log_every=a.log_every, faces=a.faces, face_zoom=tuple(a.face_zoom),
+                       face_limit=a.face_limit)
 
 
 def main(argv=None) -> int:

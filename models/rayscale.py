@@ -87,19 +87,19 @@ class ResBlock(nn.Module):
 class Rayscale(nn.Module):
     def __init__(self, channels: int = 32, n_blocks: int = 4, scale: int = 2):
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError("rayscale supports x2, x3 and x4")
+        if scale not in (2, 3, 4, 8):
+            raise ValueError("rayscale supports x2, x3, x4 and x8")
         self.scale = scale
         c = channels
         self.feat = nn.Conv2d(3, c, 3, padding=1)
         self.blocks = nn.Sequential(*[ResBlock(c) for _ in range(n_blocks)])
         self.fuse = nn.Conv2d(c, c, 3, padding=1)
-        # x4: one intermediate x2 stage at C channels; the last stage is folded into to_rgb
+        # x4 / x8: one / two intermediate x2 stages at C channels; the last stage is folded into to_rgb
         stages = []
-        if scale == 4:
+        for _ in range({4: 1, 8: 2}.get(scale, 0)):
             stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
         self.upsampler = nn.Sequential(*stages)
-        last = 2 if scale == 4 else scale
+        last = 2 if scale in (4, 8) else scale
         self.to_rgb = nn.Sequential(nn.Conv2d(c, 3 * last * last, 3, padding=1), nn.PixelShuffle(last))
         self.base = BicubicUp(scale)
         # start exactly at bicubic: a random last layer would add noise worth ~15 dB of PSNR loss
@@ -136,11 +136,12 @@ def from_state_dict(sd: StateDict) -> tuple[nn.Module, ModelSpec]:
     idx = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     n_blocks = max(idx) + 1 if idx else 0
     out = int(sd["to_rgb.0.weight"].shape[0])
-    two_stage = "upsampler.0.weight" in sd
+    n_up = sum(1 for k in sd if re.match(r"upsampler\.\d+\.weight$", k))   # x2 stages before to_rgb
     last = {12: 2, 27: 3}.get(out)
-    if last is None or (two_stage and last != 2):
-        raise UnknownCheckpoint(f"rayscale: to_rgb has {out} outputs; expected 12 (x2/x4) or 27 (x3)")
-    scale = 4 if two_stage else last
+    if last is None or (n_up and last != 2) or n_up > 2:
+        raise UnknownCheckpoint(f"rayscale: to_rgb has {out} outputs after {n_up} x2 stages; expected "
+                                "12 (x2/x4/x8) or 27 (x3)")
+    scale = last * 2 ** n_up
     return Rayscale(c, n_blocks, scale), _spec(c, n_blocks, scale)
 
 
@@ -149,4 +150,4 @@ def build(channels: int = 32, n_blocks: int = 4, scale: int = 2) -> tuple[nn.Mod
     return Rayscale(channels, n_blocks, scale), _spec(channels, n_blocks, scale)
 
 
-ARCHITECTURES = (Architecture(NAME, detect, from_state_dict, scales=(2, 3, 4)),)
+ARCHITECTURES = (Architecture(NAME, detect, from_state_dict, scales=(2, 3, 4, 8)),)

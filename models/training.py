@@ -207,7 +207,8 @@ class Trainer:
             return self.base_lr * self.gamma ** (self.step // self.step_every)
         return self.base_lr
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> float:
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, **extra: torch.Tensor) -> float:
+        """One update; `extra` (e.g. FSRNet's `landmarks` heatmaps) goes to the arch's training_loss."""
         for g in self.opt.param_groups:
             g["lr"] = self.current_lr()
         lr = lr.to(self.device, non_blocking=True)
@@ -215,7 +216,8 @@ class Trainer:
         self.net.train()
         with self._autocast():
             if self.custom_loss is not None:
-                loss = self.custom_loss(self.net, lr, hr)   # the family's own objective, its own input convention
+                extra = {k: v.to(self.device, non_blocking=True) for k, v in extra.items()}
+                loss = self.custom_loss(self.net, lr, hr, **extra)   # the family's own objective and inputs
                 if isinstance(loss, tuple):                  # (loss, logs) as dsrn/fsrnet/superfan return
                     loss = loss[0]
             else:

@@ -105,6 +105,9 @@ class TrainConfig:
     time_limit: float = 0.0       # seconds; stop (checkpoint + export) when reached
     threads: int = 0
     log_every: int = 50
+    faces: bool = False           # aligned face folder: whole-face sampler (pipeline/face_data.py)
+    face_zoom: tuple = (1.0, 1.0)  # random face size, relative to the HR crop (patch * scale)
+    face_limit: int = 0           # use only the first N faces (0: all)
 
 
 def build_network(cfg: TrainConfig):
@@ -119,6 +122,9 @@ def build_network(cfg: TrainConfig):
     import importlib
     mod = importlib.import_module(f"models.{cfg.arch}")
     if not hasattr(mod, "build"):
+        from pipeline.face_data import FACE_BUILDERS   # face archs with a reduced prior (no parsing maps)
+        if cfg.arch in FACE_BUILDERS:
+            return FACE_BUILDERS[cfg.arch](scale=cfg.scale, **cfg.build_kwargs)
         raise ValueError(f"{cfg.arch} has no from-scratch builder; pass --init CHECKPOINT to fine-tune")
     return mod.build(scale=cfg.scale, **cfg.build_kwargs)
 
@@ -145,20 +151,26 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    files = list_images(cfg.train_dir)
-    val_files: list[Path] = []
-    if cfg.val_holdout:
-        files, val_files = files[:-cfg.val_holdout], files[-cfg.val_holdout:]
-    if cfg.val_dir:
-        val_files += list_images(cfg.val_dir)
-    if not files:
-        raise ValueError("no training images left after --val-holdout")
+    if not cfg.faces:
+        files = list_images(cfg.train_dir)
+        val_files: list[Path] = []
+        if cfg.val_holdout:
+            files, val_files = files[:-cfg.val_holdout], files[-cfg.val_holdout:]
+        if cfg.val_dir:
+            val_files += list_images(cfg.val_dir)
+        if not files:
+            raise ValueError("no training images left after --val-holdout")
     net, spec = build_network(cfg)
     if spec.scale != cfg.scale:
         raise ValueError(f"the network upscales x{spec.scale}, --scale is {cfg.scale}")
-    sampler = PatchSampler([read_rgb(f) for f in files], cfg.scale, cfg.patch, cfg.batch,
-                           cfg.degradation, seed=cfg.seed)
-    vpairs = val_pairs([read_rgb(f) for f in val_files], cfg.scale)
+    if cfg.faces:
+        from pipeline.face_data import face_training_data
+        sampler, vpairs, files, val_files = face_training_data(cfg, spec, log=log)
+        cfg.degradation = "matlab-bicubic-face"
+    else:
+        sampler = PatchSampler([read_rgb(f) for f in files], cfg.scale, cfg.patch, cfg.batch,
+                               cfg.degradation, seed=cfg.seed)
+        vpairs = val_pairs([read_rgb(f) for f in val_files], cfg.scale)
     trainer = Trainer(net, spec, cfg.steps, lr=cfg.lr, schedule=cfg.schedule, device=cfg.device, amp=cfg.amp)
     if cfg.resume:
         st = load_checkpoint(cfg.resume)
@@ -182,10 +194,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     it = iter(sampler)
     stopped = False
     while trainer.step < cfg.steps:
-        lr_b, hr_b = next(it)
+        lr_b, hr_b, *extra = next(it)     # face samplers may add {"landmarks": heatmaps}
         if cfg.time_limit:        # the LR schedule follows elapsed time when a time budget is set
             trainer.progress = (time.monotonic() - t0) / cfg.time_limit
-        loss = trainer.train_step(lr_b, hr_b)
+        loss = trainer.train_step(lr_b, hr_b, **(extra[0] if extra else {}))
         history["loss"].append(loss)
         run_loss, n = run_loss + loss, n + 1
         s = trainer.step

@@ -14,6 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from models.outdoorsceneseg import CLASS_NAMES
 
+from .base import Batch, Operator
+
 PALETTE = np.array([
     (153, 153, 153),   # background
     (0, 255, 255),     # sky
@@ -56,7 +58,8 @@ def with_legend(classes: np.ndarray, names: tuple[str, ...] = CLASS_NAMES) -> np
     pad, sw = fs // 2, fs
     labels = [f"{i} {n} {100 * s:.1f}%" for i, (n, s) in enumerate(zip(names, share))]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max(int(np.ceil(probe.textlength(t, font=font))) for t in labels)
+    # sized for the widest share ("100.0%"): every frame of a size gets the same canvas
+    text_w = max(int(np.ceil(probe.textlength(f"{i} {n} 100.0%", font=font))) for i, n in enumerate(names))
     cell_w, cell_h = pad + sw + pad + text_w + pad, fs + pad
     width = max(w, cell_w)
     cols = max(1, width // cell_w)
@@ -73,19 +76,44 @@ def with_legend(classes: np.ndarray, names: tuple[str, ...] = CLASS_NAMES) -> np
     return np.asarray(canvas)
 
 
-def save_segmentation(probs: np.ndarray, path: str | os.PathLike,
-                      names: tuple[str, ...] = CLASS_NAMES) -> Path:
-    """Write one frame's (C,H,W) probabilities as a legend PNG; temporary name then rename, so a
-    killed job leaves no partial file."""
+def write_png(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB uint8 image as PNG under a temporary name, then rename: a killed job leaves no
+    partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(with_legend(class_map(probs), names))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        img.save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_segmentation(probs: np.ndarray, path: str | os.PathLike,
+                      names: tuple[str, ...] = CLASS_NAMES) -> Path:
+    """One frame's (C,H,W) probabilities as a colour map with its legend, in a PNG."""
+    return write_png(with_legend(class_map(probs), names), path)
+
+
+class SegmentationLegend(Operator):
+    """Adds `segmentation_legend`: uint8 (N, H', W', 3) colour maps with legends, for a sink that
+    saves them (`--save-segmentation`). Put it right after the segmenter in the same fused stage:
+    the legend images are 1/10 the bytes of float32 maps (3 uint8 vs 8 float32 per pixel), so when
+    the engine drops `segmentation` after its last reader, only these cross to the sink."""
+
+    reads = ("segmentation",)
+    writes = ("segmentation_legend",)
+
+    def __call__(self, batch: Batch) -> Batch:
+        seg = batch["segmentation"]
+        n, _, h, w = seg.shape
+        if n:
+            legend = np.stack([with_legend(class_map(p)) for p in seg])
+        else:
+            legend = np.zeros((0,) + with_legend(np.zeros((h, w), np.uint8)).shape, np.uint8)
+        out = dict(batch)
+        out["segmentation_legend"] = legend
+        return out

@@ -17,7 +17,8 @@ from models.imresize import imresize
 from models.outdoorsceneseg import BGR_MEAN, CLASS_NAMES, OutdoorSceneSeg
 from models.sftgan import VARIANT_PYTORCH, VARIANT_TORCH, SFTNet
 from operators.segment import SEG_OVERLAP, Segmenter
-from operators.segmap_colour import PALETTE, class_map, colourise, save_segmentation, with_legend
+from operators.segmap_colour import (PALETTE, SegmentationLegend, class_map, colourise, save_segmentation,
+                                     with_legend)
 from operators.sftgan import SFT_OVERLAP, SFTGANUpscaler, sftgan_stages
 from tests.conftest import shared_path
 from tests.test_model_sftgan import SMALL as SFT_SMALL
@@ -249,3 +250,11 @@ def test_colour_map_and_legend(tmp_path):
     p = save_segmentation(probs, tmp_path / "out" / "frame_000001.png")
     np.testing.assert_array_equal(np.asarray(Image.open(p).convert("RGB")), img)
     assert sorted(x.name for x in p.parent.iterdir()) == ["frame_000001.png"]
+    # the operator: one legend image per frame, the same canvas whatever the shares
+    other = np.zeros_like(probs)
+    other[0] = 1
+    out = SegmentationLegend()({"segmentation": np.stack([probs, other]), "pts": np.array([5, 6])})
+    assert out["segmentation_legend"].shape == (2,) + img.shape and out["segmentation_legend"].dtype == np.uint8
+    np.testing.assert_array_equal(out["segmentation_legend"][0], img)
+    assert (out["segmentation_legend"][1][:40, :60] == PALETTE[0]).all()
+    np.testing.assert_array_equal(out["pts"], [5, 6])

@@ -57,6 +57,11 @@ def _yuv_layout(fmt: av.VideoFormat):
     return bits, wdiv, hdiv, len(comps) > 3
 
 
+def _full(name: str, color_range: int) -> bool:
+    """Full range when tagged so, and always for the JPEG formats (yuvj*), whatever the tag says."""
+    return int(color_range) == 2 or name.startswith("yuvj")
+
+
 def _centred(name: str) -> bool:
     return name.startswith("yuvj")
 
@@ -96,6 +101,11 @@ def _downsample(c: np.ndarray, wdiv: int, hdiv: int, cosited: bool) -> np.ndarra
     return cv2.resize(c, (c.shape[1] // wdiv, c.shape[0] // hdiv), interpolation=cv2.INTER_AREA)
 
 
+# for the lossless re-layouts and RGB<->RGB conversions left to swscale
+_ACCURATE = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
+
+
 def has_alpha(fmt: av.VideoFormat | str) -> bool:
     fmt = av.VideoFormat(fmt) if isinstance(fmt, str) else fmt
     return fmt.has_palette or any(c.is_alpha for c in fmt.components)
@@ -115,12 +125,12 @@ def to_rgb(frame: av.VideoFrame, bit_depth: int, colorspace: int, color_range: i
         return frame.reformat(format=rgb_format(bit_depth)).to_ndarray()  # exact: no matrix involved
     layout = _yuv_layout(fmt)
     comps = fmt.components
-    if layout is None and len(comps) == 1:                               # grey
+    if layout is None and not any(c.is_chroma for c in comps):           # grey (alpha dropped)
         bits = comps[0].bits
         if fmt.name not in ("gray", f"gray{bits}le"):
             frame = frame.reformat(format="gray" if bits == 8 else f"gray{bits}le")
         y = _plane_view(frame.planes[0], np.uint8 if bits == 8 else "<u2", frame.width, frame.height)
-        off, span, _, _ = _levels(bits, int(color_range) == 2)
+        off, span, _, _ = _levels(bits, _full(fmt.name, color_range))
         g = np.rint(np.clip((y.astype(np.float32) - off) * (peak / span), 0, peak)).astype(out_dtype)
         return np.repeat(g[..., None], 3, axis=2)
     if layout is None:                       # semi-planar / packed / big-endian: lossless re-layout
@@ -145,7 +155,7 @@ def to_rgb(frame: av.VideoFrame, bit_depth: int, colorspace: int, color_range: i
         u, v = _upsample(u, w, h, wdiv, hdiv, cosited), _upsample(v, w, h, wdiv, hdiv, cosited)
     kr, kb = kr_kb(colorspace)
     kg = 1.0 - kr - kb
-    yo, ys, co, cs = _levels(bits, int(color_range) == 2)
+    yo, ys, co, cs = _levels(bits, _full(fmt.name, color_range))
     fy, fc = peak / ys, peak / cs
     # rows: R, G, B of (Y, U, V, 1), already scaled to the output peak
     m = np.array([[fy, 0.0, 2 * (1 - kr) * fc],
@@ -154,10 +164,6 @@ def to_rgb(frame: av.VideoFrame, bit_depth: int, colorspace: int, color_range: i
     m = np.concatenate([m, -(m @ np.array([yo, co, co]))[:, None]], axis=1).astype(np.float32)
     out = cv2.transform(cv2.merge([y, u, v]), m)
     return cv2.add(out, 0.0, dtype=cv2.CV_8U if out_dtype == np.uint8 else cv2.CV_16U)  # round + saturate
-
-
-_ACCURATE = (av.video.reformatter.Interpolation.BICUBIC | av.video.reformatter.Interpolation.ACCURATE_RND
-             | av.video.reformatter.Interpolation.FULL_CHR_H_INT | av.video.reformatter.Interpolation.FULL_CHR_H_INP)
 
 
 def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int,
@@ -177,7 +183,7 @@ def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int,
     h, w = rgb.shape[:2]
     layout = _yuv_layout(target)
     comps = target.components
-    if layout is None and len(comps) == 1:
+    if layout is None and not any(c.is_chroma for c in comps):
         planar = None
         bits, wdiv, hdiv, layout_alpha = comps[0].bits, 1, 1, False
     elif layout is None:
@@ -192,7 +198,7 @@ def from_rgb(rgb: np.ndarray, pix_fmt: str, colorspace: int, color_range: int,
         bits, wdiv, hdiv, layout_alpha = layout
     kr, kb = kr_kb(colorspace)
     kg = 1.0 - kr - kb
-    yo, ys, co, cs = _levels(bits, int(color_range) == 2)
+    yo, ys, co, cs = _levels(bits, _full(pix_fmt, color_range))
     top = float((1 << bits) - 1)
     # rows: Y, U, V code values from (R, G, B, 1) at the input peak
     m = np.array([[kr * ys, kg * ys, kb * ys, yo],

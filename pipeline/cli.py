@@ -58,7 +58,7 @@ def _state(m: Manifest, **kw) -> pa.Table:
 
 def show(m: Manifest, out=None, recent: int = 10) -> None:
     out = out or sys.stdout
-    st = _state(m)
+    st = _state(m, columns=["item", "status", "updated", "attempts", "error"])
     counts = {s: 0 for s in STATUSES}
     for row in st.group_by("status").aggregate([("item", "count")]).to_pylist():
         counts[row["status"] or "?"] = row["item_count"]
@@ -66,14 +66,15 @@ def show(m: Manifest, out=None, recent: int = 10) -> None:
     print("  " + "  ".join(f"{s} {n}" for s, n in counts.items()), file=out)
     if st.num_rows == 0:
         return
-    table = m.table()
+    table = m.table(columns=["item", "run", "status", "updated", "seq"])
     last = table.take(pc.sort_indices(table, [("updated", "descending"), ("seq", "descending")])[:1])
     run = last["run"][0].as_py()
     rows = table.filter(pc.equal(table["run"], run)) if run is not None else table.slice(0, 0)
     if rows.num_rows:
         start, end = pc.min(rows["updated"]).as_py(), pc.max(rows["updated"]).as_py()
-        done = int(pc.sum(pc.cast(pc.equal(rows["status"], "done"), pa.int64())).as_py() or 0)
-        failed = int(pc.sum(pc.cast(pc.equal(rows["status"], "failed"), pa.int64())).as_py() or 0)
+        def items(status):
+            return pc.count_distinct(rows.filter(pc.equal(rows["status"], status))["item"]).as_py()
+        done, failed = items("done"), items("failed")
         span = (end - start).total_seconds()
         rate = f", {done / span:.2f} items/s" if span > 0 and done else ""
         print(f"last run {run}: {start:%Y-%m-%d %H:%M:%S} - {end:%H:%M:%S} UTC, {done} done, "
@@ -88,7 +89,7 @@ def show(m: Manifest, out=None, recent: int = 10) -> None:
 
 def failed(m: Manifest, out=None) -> int:
     out = out or sys.stdout
-    st = _state(m, statuses=["failed"], last_error=True).sort_by("item")
+    st = _state(m, statuses=["failed"], last_error=True, columns=["item", "attempts"]).sort_by("item")
     for r in st.select(["item", "attempts", "last_error"]).to_pylist():
         print(f"{r['item']}\t{r['attempts'] or 1}\t{_short(r['last_error'], 400)}", file=out)
     return st.num_rows
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         m = open_manifest(args.path)
         if args.action == "show":
             if args.json:
-                st = _state(m)
+                st = _state(m, columns=["item", "status"])
                 print(json.dumps({r["status"]: r["item_count"] for r in
                                   st.group_by("status").aggregate([("item", "count")]).to_pylist()}))
             else:

@@ -19,6 +19,7 @@ import atexit
 import json
 import math
 import os
+import threading
 import time
 import uuid
 import weakref
@@ -105,8 +106,8 @@ def _write_part(fs, root: str, local: bool, table: pa.Table, tag: str = "") -> s
 
 
 def _flush_at_exit(fs, root, local, buffer):
-    """weakref.finalize target: rows buffered when the process exits normally (or on Ctrl-C)
-    still reach disk. Never raises at interpreter exit."""
+    """Rows still buffered when the writer is garbage-collected or the process exits normally
+    (or on Ctrl-C) reach disk. Never raises."""
     if buffer:
         try:
             if fs.get_file_info(root).type != pafs.FileType.Directory:
@@ -201,6 +202,7 @@ class Manifest:
         self._buffer_since = 0.0
         self._last_seq = 0
         self._known_parts: int | None = None   # parts on disk at the last listing, plus ours since
+        self._lock = threading.RLock()           # writers may append from callback threads
         # a forgotten or garbage-collected writer still writes its buffer; at exit the atexit hook
         # below does it, because it runs before pyarrow's own teardown (weakref.finalize's may not)
         self._finalizer = weakref.finalize(self, _flush_at_exit, self.fs, self.root, self.local, self._buffer)
@@ -268,6 +270,10 @@ class Manifest:
         return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
     def append(self, rows: list[dict] | pa.Table, durable: bool | None = None) -> None:
+        with self._lock:
+            self._append(rows, durable)
+
+    def _append(self, rows, durable) -> None:
         """Buffer rows (dicts, or a table with any subset of the columns; unknown keys are
         ignored). `durable=True` writes them, and everything buffered before, before returning;
         the default is durable when a row is `done` or `failed`. The buffer is also written when
@@ -295,6 +301,10 @@ class Manifest:
 
     def flush(self, compact: bool = True) -> str | None:
         """Write the buffer as one part; returns its path (None when there was nothing)."""
+        with self._lock:
+            return self._flush(compact)
+
+    def _flush(self, compact: bool) -> str | None:
         if not self._buffer:
             return None
         path = _write_part(self.fs, self.root, self.local, _rows_to_table(self._buffer))
@@ -449,7 +459,23 @@ class Manifest:
                 self.fs.delete_file(p.path)
             except FileNotFoundError:
                 pass
+        self._remove_stale_temporaries()
         return len(parts)
+
+    def _remove_stale_temporaries(self, age_s: float = 3600) -> None:
+        """Temporary parts of writers killed mid-write (hidden, so no reader sees them)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError:
+            return
+        now = time.time()
+        for i in infos:
+            if i.is_file and i.base_name.startswith("." + PART_PREFIX) and i.base_name.endswith(".tmp") \
+                    and i.mtime is not None and now - i.mtime.timestamp() > age_s:
+                try:
+                    self.fs.delete_file(i.path)
+                except OSError:
+                    pass
 
     def _maybe_compact(self) -> None:
         """Past `compact_parts` parts: merge the small ones alone while they are smaller than the

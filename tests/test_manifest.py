@@ -161,12 +161,15 @@ def test_a_crash_during_compaction_is_safe(tmp_path):
     # ... or half-way through the deletes, with a temporary file left over from another write
     for p in old[: len(old) // 2]:
         os.remove(p.path)
-    (d / ".part-0-dead.parquet.tmp").write_bytes(b"PAR1 half a file")
+    dead = d / ".part-0-dead.parquet.tmp"
+    dead.write_bytes(b"PAR1 half a file")
+    os.utime(dead, (time.time() - 7200,) * 2)
     assert summary(Manifest(d, create=False)) == before
     assert ds.dataset(str(d)).to_table().num_rows == Manifest(d, create=False).table().num_rows
     # the next compaction converges
     m.compact()
     assert len(m.parts()) == 1 and summary(Manifest(d, create=False)) == before
+    assert not dead.exists()    # a killed writer's temporary, cleared once it is old
 
 
 def test_automatic_compaction_bounds_the_part_count(tmp_path):

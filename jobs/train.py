@@ -43,7 +43,8 @@ def parse(argv=None) -> TrainConfig:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
-    ap.add_argument("--degradation", choices=("bicubic", "srmd"), default="bicubic")
+    ap.add_argument("--degradation", choices=("bicubic", "srmd", "real"), default="bicubic",
+                    help="real: pipeline/degrade.py (blur, resampling, noise, JPEG, H.264/H.265)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     ap.add_argument("--no-amp", action="store_true", help="train in fp32")
     ap.add_argument("--seed", type=int, default=0)

@@ -95,8 +95,8 @@ class PatchSampler:
 
     def __init__(self, images: Sequence[torch.Tensor], scale: int, patch: int, batch: int,
                  degradation: str = "bicubic", seed: int = 0, **srmd_kwargs):
-        if degradation not in ("bicubic", "srmd"):
-            raise ValueError(f"unknown degradation {degradation!r} (bicubic, srmd)")
+        if not callable(degradation) and degradation not in ("bicubic", "srmd"):
+            raise ValueError(f"unknown degradation {degradation!r} (bicubic, srmd, or a function)")
         self.scale, self.patch, self.batch, self.degradation = scale, patch, batch, degradation
         self.srmd_kwargs = srmd_kwargs
         self.gen = torch.Generator().manual_seed(seed)
@@ -121,7 +121,8 @@ class PatchSampler:
         if self.lrs is not None:
             lp = self.lrs[i][:, y:y + p, x:x + p]
         else:
-            lp = srmd_lr(hp, s, self.gen, **self.srmd_kwargs)
+            fn = self.degradation if callable(self.degradation) else srmd_lr   # fn(hr_patch, scale, gen)
+            lp = fn(hp, s, self.gen, **self.srmd_kwargs)
         k = int(torch.randint(8, (1,), generator=self.gen))
         return augment(lp, hp, k)
 

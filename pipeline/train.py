@@ -168,9 +168,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         sampler, vpairs, files, val_files = face_training_data(cfg, spec, log=log)
         cfg.degradation = "matlab-bicubic-face"
     else:
+        degradation = cfg.degradation
+        if degradation == "real":                 # pipeline/degrade.py: blur, resampling, noise, JPEG, codec
+            from pipeline.degrade import fixed_lr, real_lr
+            degradation = real_lr
         sampler = PatchSampler([read_rgb(f) for f in files], cfg.scale, cfg.patch, cfg.batch,
-                               cfg.degradation, seed=cfg.seed)
+                               degradation, seed=cfg.seed)
         vpairs = val_pairs([read_rgb(f) for f in val_files], cfg.scale)
+        if cfg.degradation == "real":             # validate on the benchmarks' fixed real degradation
+            vpairs = [(fixed_lr(hr, cfg.scale), hr) for _, hr in vpairs]
     trainer = Trainer(net, spec, cfg.steps, lr=cfg.lr, schedule=cfg.schedule, device=cfg.device, amp=cfg.amp)
     if cfg.resume:
         st = load_checkpoint(cfg.resume)

@@ -45,7 +45,9 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8/uint16 (N,H,W,3) RGB -> float32 (N,3,H,W) in [0, 1]."""
     peak = 255.0 if frames.dtype == np.uint8 else 65535.0
-    t = torch.from_numpy(frames if frames.flags.writeable else frames.copy()).to(device)
+    if not (frames.flags.c_contiguous and frames.flags.writeable):   # views, read-only Arrow buffers
+        frames = np.array(frames, order="C")
+    t = torch.from_numpy(frames).to(device)
     return t.permute(0, 3, 1, 2).float() / peak
 
 

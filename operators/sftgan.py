@@ -6,6 +6,10 @@ CondNet's 4x4 stride-4 conv brings it to LR size), and the output is clamped to 
 Both released generators (`SFTGAN_torch.pth`, `SFTGAN_noBN_OST_bg.pth`) load; `models.load` reads
 the variant off the checkpoint's keys.
 
+Wiring (the engine): `sftgan_stages(weights, seg_weights, device, precision, tile, compact)` gives
+the two stages in order; for `--save-segmentation`, add `segmap_colour.SegmentationLegend` after
+the segmenter and save its column with `segmap_colour.write_png`.
+
 Tiling: the LR image and the map travel together (the map folded onto the LR grid with
 `pixel_unshuffle`, an exact permutation), so `operators.tiling.tiled` cuts both at the same place.
 """

@@ -129,6 +129,8 @@ def test_segmentation_shapes_sums_and_padding(ckpts):
     assert compact.dtype == np.float16 and compact.shape == p.shape
     np.testing.assert_allclose(compact.astype(np.float32).sum(1), 1.0, atol=2e-3)
     np.testing.assert_allclose(compact.astype(np.float32), p, atol=1e-3)
+    view = lr[None, :, ::-1]                                        # a negative-stride view reads
+    assert full({"frames": view})["segmentation"].shape == p.shape
     empty = full({"frames": np.zeros((0, 13, 19, 3), np.uint8)})["segmentation"]
     assert empty.shape == (0, 8, 52, 76)
     assert full.class_names == CLASS_NAMES

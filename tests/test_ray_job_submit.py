@@ -37,7 +37,10 @@ def test_readme_cluster_commands_verbatim(tmp_path):
     make_clip(str(out / "sample.mp4"), frames=24, width=160, height=96, gop=8)  # the README's sample, smaller
     (ROOT / "out").mkdir(exist_ok=True)  # mount point for the private out/ (ignored by git)
     script = tmp_path / "readme.sh"
-    script.write_text("set -ex\n" + "\n".join(commands) + "\n")
+    # and, before `ray stop`, the mistake the README warns of: relative paths under `ray job submit`
+    relative = ("! ray job submit --working-dir . -- python jobs/upscale_video.py out/sample.mp4 out/rel.mp4 "
+                "--scale 2 --no-progress > out/relative.log 2>&1")
+    script.write_text("set -ex\n" + "\n".join(commands[:-1] + [relative, commands[-1]]) + "\n")
     sandbox = (f"ip link set lo up && mount -t tmpfs tmpfs /tmp/ray && mount --bind {out} {ROOT / 'out'} && "
                f"cd {ROOT} && bash {script}")
     # a fresh shell: no venv on PATH, no Ray settings; the README's lines must bring what they need
@@ -49,6 +52,10 @@ def test_readme_cluster_commands_verbatim(tmp_path):
     log = r.stdout[-4000:] + r.stderr[-4000:]
     assert r.returncode == 0, log
     assert "succeeded" in r.stdout + r.stderr, log
+    # one line (ray job submit may echo the job's log twice), naming the first relative path
+    refusal = sorted({line for line in (out / "relative.log").read_text().splitlines() if line.startswith("error:")})
+    assert len(refusal) == 1 and "out/sample.mp4" in refusal[0] and "absolute path" in refusal[0], refusal
+    assert not (out / "rel.mp4").exists()
     for name in ["sample_x2_job.mp4", "sample_x2_node.mp4"]:  # written where the submitter asked
         info = probe(str(out / name))
         assert info.frame_count == 24 and (info.width, info.height) == (320, 192), name

@@ -210,6 +210,11 @@ def validate_output(path: str, inputs: str | list[str] = (), overwrite: bool = F
             raise InputError(f"{path}: already exists; pass --overwrite to replace it")
 
 
+def looks_like_path(model: str) -> bool:
+    """A --model value meant as a checkpoint file rather than a name."""
+    return os.sep in model or model.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
 def upscaling_models() -> list[str]:
     """What --model accepts for upscaling: interpolators, shipped weights, upscaling architectures
     (those with published scales, or a default that needs no weights)."""
@@ -240,7 +245,7 @@ def validate_model(model: str, weights: str | None = None, scale: int | None = N
     shipped = models.shipped_weights()
     is_file = Path(model).is_file()
     if model not in shipped and model not in archs and not is_file:
-        if os.sep in model or model.lower().endswith(CHECKPOINT_SUFFIXES):
+        if looks_like_path(model):
             raise CheckpointError(f"{model}: no such file")
         raise InputError(f"unknown model {model!r}; models that upscale: {', '.join(upscaling_models())} "
                          f"(architectures need --weights CHECKPOINT)")

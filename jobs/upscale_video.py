@@ -1,5 +1,6 @@
-"""Upscale a video on Ray: embedded local Ray by default, an existing cluster with --address,
-and unchanged under `ray job submit --working-dir . -- python jobs/upscale_video.py ...`.
+"""Upscale a video on Ray: a private embedded Ray by default, an existing cluster with --address
+HOST:6379, and unchanged under `ray job submit --working-dir . -- python jobs/upscale_video.py ...`
+(with absolute paths there: the job runs in a temporary copy of the working dir).
 
     python jobs/upscale_video.py in.mp4 out.mp4 --model bicubic --scale 2
     python jobs/upscale_video.py in.mp4 out.mp4 --model rdn --weights RDN_x2.pth --scale 2 --tile 256
@@ -18,7 +19,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
-                         exit_on_input_error, validate_input, validate_model, validate_output)
+                         exit_on_input_error, looks_like_path, validate_input, validate_model, validate_output)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +79,8 @@ def main(argv=None) -> int:
     from pipeline.video import check_output, work_dir
 
     # every check that needs no Ray comes first: a refusal costs no start-up and leaves nothing behind
-    check_job_paths(input=args.input, output=args.output, weights=args.weights)
+    check_job_paths(input=args.input, output=args.output, weights=args.weights,
+                    model=args.model if args.model and looks_like_path(args.model) else None)
     validate_input(args.input)
     validate_output(args.output, args.input, overwrite=args.overwrite)
     check_output(args.output)

@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"rayscale: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, pa.ArrowException) as e:   # e.g. a read-only manifest for `retry`
+        print(f"rayscale: error: {args.path}: {_one_line(e)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `rayscale manifest failed PATH | head`
         return 0
     return 0

@@ -78,11 +78,9 @@ def _open_fs(directory, filesystem):
     if filesystem is not None:
         return filesystem, str(directory), isinstance(filesystem, pafs.LocalFileSystem)
     text = str(directory)
-    if "://" in text and not text.startswith("file://"):
+    if "://" in text:
         fs, root = pafs.FileSystem.from_uri(text)
         return fs, root.rstrip("/"), isinstance(fs, pafs.LocalFileSystem)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
     return pafs.LocalFileSystem(), os.path.abspath(text), True
 
 

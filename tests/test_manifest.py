@@ -191,6 +191,9 @@ def test_object_store_filesystem_without_rename(tmp_path):
     assert names and all(n.startswith("part-") and n.endswith(".parquet") for n in names)
     m.compact()
     assert len(m.parts()) == 1 and summary(m) == before
+    u = Manifest(f"file://{tmp_path}/u")     # URIs go through pyarrow.fs.FileSystem.from_uri
+    history(u)
+    assert summary(Manifest(tmp_path / "u", create=False)) == summary(u)
 
 
 def listing_of(folder: Path, with_hash=None) -> pa.Table:

@@ -129,3 +129,13 @@ def test_moving_real_face_keeps_one_track():
     assert len(set(out["faces_track"][:, 0].tolist())) == 1
     cx = (out["faces_box"][:, 0, 0] + out["faces_box"][:, 0, 2]) / 2
     assert np.all(np.diff(cx) > 1.5) and np.all(np.diff(cx) < 5.5)    # follows the 3.5 px/frame motion
+
+
+def test_a_cut_to_a_close_up_starts_a_new_track():
+    """A small face seen twice just before a cut must not be bridged into a close-up nearby
+    (seen on the Hamilton clip: a raised hand detected in two frames, then a close-up)."""
+    faces = [[(200.0, 43.0, 208.0, 55.0)] if t in (4, 5) else [] for t in range(10)]
+    faces += [[(190.0 - 5 * t, 0.0, 264.0 - 5 * t, 110.0)] for t in range(10)]
+    out, _ = run(FaceTracker(), detections(faces))
+    assert out["faces_count"].tolist() == [0] * 10 + [1] * 10          # the two-frame one dropped, nothing bridged
+    assert set(out["faces_track"][10:, 0].tolist()) == {10 * 1000}

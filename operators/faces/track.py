@@ -2,7 +2,9 @@
 with smoothed geometry, so restored faces neither flicker nor jump.
 
 Detections are linked frame to frame (Hungarian assignment on 1 - IoU + landmark distance, both
-against a constant-velocity prediction of the track); a track needs `min_track_length`
+against a constant-velocity prediction of the track; never across a change of face width by more
+than `max_resize`, which on the Hamilton clip kept a raised hand from being bridged into the
+close-up after a cut); a track needs `min_track_length`
 detections to be kept (one-frame false positives vanish), gaps of up to `max_gap` frames are
 bridged by linear interpolation, and boxes and landmarks are smoothed by a local linear fit over
 `smooth` frames either side (a fit, not a mean, so a face moving at constant speed is not pulled
@@ -69,11 +71,11 @@ class FaceTracker(Operator):
     stateful = True
 
     def __init__(self, min_track_length: int = 3, max_gap: int = 5, smooth: int = 2, link: bool = True,
-                 min_iou: float = 0.2, max_landmark_distance: float = 0.5):
+                 min_iou: float = 0.2, max_landmark_distance: float = 0.5, max_resize: float = 1.5):
         if min_track_length < 1 or max_gap < 0 or smooth < 0:
             raise ValueError("min_track_length must be >= 1, max_gap and smooth >= 0")
         self.min_len, self.max_gap, self.smooth, self.link = int(min_track_length), int(max_gap), int(smooth), link
-        self.min_iou, self.max_lmd = float(min_iou), float(max_landmark_distance)
+        self.min_iou, self.max_lmd, self.max_resize = float(min_iou), float(max_landmark_distance), float(max_resize)
         self.delay = max(self.max_gap, self.min_len - 1, self.smooth) if link else 0
         self._reset()
 
@@ -91,10 +93,13 @@ class FaceTracker(Operator):
             cost = np.full((len(active), len(boxes)), 1e6)
             for i, tr in enumerate(active):
                 pb, pl = tr.predict(t)
+                pw = max(pb[2] - pb[0], 1e-3)
                 for j in range(len(boxes)):
+                    dw = max(boxes[j][2] - boxes[j][0], 1e-3)
+                    if not 1 / self.max_resize <= dw / pw <= self.max_resize:
+                        continue          # a face does not change size this fast: a cut, another face
                     o = iou(pb, boxes[j])
-                    width = max(boxes[j][2] - boxes[j][0], 1e-3)
-                    d = float(np.linalg.norm(pl - lms[j], axis=1).mean() / width)
+                    d = float(np.linalg.norm(pl - lms[j], axis=1).mean() / min(pw, dw))
                     if o >= self.min_iou or d <= self.max_lmd:
                         cost[i, j] = (1.0 - o) + d
             for i, j in zip(*linear_sum_assignment(cost)):

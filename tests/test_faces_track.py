@@ -139,3 +139,19 @@ def test_a_cut_to_a_close_up_starts_a_new_track():
     out, _ = run(FaceTracker(), detections(faces))
     assert out["faces_count"].tolist() == [0] * 10 + [1] * 10          # the two-frame one dropped, nothing bridged
     assert set(out["faces_track"][10:, 0].tolist()) == {10 * 1000}
+
+
+def test_hamilton_clip_performer_hand_and_cut():
+    """Real footage (320x180, frames 10-25): the performer and a small face at the left keep one
+    track each, the raised hand YuNet scores 0.72-0.83 in frames 14-15 is dropped, and the
+    close-up after the cut at frame 20 is a new track."""
+    import av
+    path = shared_path("data", "video", "face_recognition", "short_hamilton_clip.mp4")
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(26), c.decode(video=0))][10:]
+    lr = np.stack([cv2.resize(f, (320, 180), interpolation=cv2.INTER_AREA) for f in frames])
+    det = FaceDetector()({"frames": lr, "index": np.arange(10, 26, dtype=np.int64)})
+    out, _ = run(FaceTracker(), det, step=6)
+    ids = [set(out["faces_track"][t, :out["faces_count"][t]].tolist()) for t in range(16)]
+    assert all(len(s) == 2 for s in ids[:10]) and len(set.union(*ids[:10])) == 2       # frames 10-19
+    assert all(len(s) >= 1 for s in ids[10:]) and not set.union(*ids[10:]) & set.union(*ids[:10])

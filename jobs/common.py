@@ -121,10 +121,22 @@ def _ray_processes(node_id: str | None, session: str | None, raylet: str | None 
         except OSError:
             continue
         if (node_id and f"RAY_NODE_ID={node_id}".encode() in environ) or \
-                (raylet and f"RAY_RAYLET_PID={raylet}".encode() in environ) or \
-                (session and session.encode() in cmdline):
+                (session and session.encode() in cmdline) or \
+                (raylet and f"RAY_RAYLET_PID={raylet}".encode() in environ and not _has_live_raylet(entry)):
             found.append(int(entry))
     return found
+
+
+def _has_live_raylet(pid: str) -> bool:
+    """Our raylet is dead, so its workers are orphans; a process whose parent is a running raylet
+    belongs to another Ray that reused the pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{ppid}/comm", "rb") as f:
+            return f.read().strip() == b"raylet"
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _reaper_main() -> None:

@@ -263,7 +263,8 @@ class SegmentWriter:
         self.container.close()
         os.replace(self.tmp, self.path)
         self.seconds += time.perf_counter() - t0
-        return {"frames": self.frames, "encode_seconds": self.seconds, "path": self.path}
+        return {"frames": self.frames, "encode_seconds": self.seconds, "path": self.path,
+                "pix_fmt": self.params.pix_fmt, "notes": list(self.notes)}
 
     def abort(self):
         try:

@@ -3,15 +3,15 @@ with smoothed geometry, so restored faces neither flicker nor jump.
 
 Detections are linked frame to frame (Hungarian assignment on 1 - IoU + landmark distance, both
 against a constant-velocity prediction of the track; never across a change of face width by more
-than `max_resize`, which on the Hamilton clip kept a raised hand from being bridged into the close-
-up after a cut); a track needs `min_track_length` detections to be kept (one-frame false positives
-vanish), gaps of up to `max_gap` frames are bridged by linear interpolation, and boxes and
-landmarks are smoothed by a local linear fit over `smooth` frames either side (a fit, not a mean,
-so a face moving at constant speed is not pulled behind); on the LivePortrait d18 talking head
-(faces 29 and 55 px wide) it cuts the jitter of box centres, widths and landmarks (mean absolute
-second difference) 2.6-3.3x. Every decision about frame t needs frames up to t + delay (delay =
-max(max_gap, min_track_length - 1, smooth)), so the tracker holds that many rows back and returns
-them with the next batch, or from flush() at the end of the item.
+than `max_resize`, which on the Hamilton clip kept a raised hand from being bridged into the
+close-up after a cut); a track needs `min_track_length` detections to be kept (one-frame false
+positives vanish), gaps of up to `max_gap` frames are bridged by linear interpolation, and boxes
+and landmarks are smoothed by a local linear fit over `smooth` frames either side (a fit, not a
+mean, so a face moving at constant speed is not pulled behind); on the LivePortrait d18 talking
+head (faces 29 and 55 px wide) it cuts the jitter of box centres, widths and landmarks (mean
+absolute second difference) 2.6-3.3x. Every decision about frame t needs frames up to t + delay
+(delay = max(max_gap, min_track_length - 1, smooth)), so the tracker holds that many rows back and
+returns them with the next batch, or from flush() at the end of the item.
 
 Segment boundaries: each segment is tracked alone (state is per item, docs/batches.md); nothing
 is carried between segments. What makes a face continue across the cut: YuNet detects each frame

@@ -143,11 +143,16 @@ def _reaper_main() -> None:
     import shutil
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+    driver, started = os.getppid(), time.time()
     told: dict[str, str] = {}
     for line in sys.stdin.buffer:
         key, _, value = line.decode(errors="replace").strip().partition(" ")
         told[key] = value
     node_id, session, raylet = told.get("node"), told.get("session"), told.get("raylet")
+    if not session:  # killed inside ray.init: its session folder is named after the driver's pid
+        temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+        mine = [p for p in temp.glob(f"session_*_{driver}") if p.stat().st_mtime >= started - 1]
+        session = str(mine[0]) if len(mine) == 1 else None
     if not node_id and not session:
         return
     time.sleep(1.0)  # a normal exit: Ray's own shutdown is already under way

@@ -530,14 +530,18 @@ class Manifest:
         unchanged = pc.and_kleene(same, pc.invert(open_))
         fresh = pc.or_kleene(pc.or_kleene(new, changed), other_settings)
         todo_mask = pc.or_kleene(fresh, retry)
-        reason = pc.if_else(new, "new", pc.if_else(changed, "changed",
-                            pc.if_else(other_settings, "settings", j["m_status"])))
+        # build the answer from the (usually few) rows to process only
+        t = j.select(["item", "path", "size", "mtime", "hash", "m_status", "m_last_error"]).append_column(
+            "prev", attempts.cast(pa.int64())).append_column("is_new", new).append_column(
+            "is_changed", changed).append_column("is_fresh", fresh).filter(todo_mask)
+        reason = pc.if_else(t["is_new"], "new", pc.if_else(t["is_changed"], "changed",
+                            pc.if_else(t["is_fresh"], "settings", t["m_status"])))
         todo = pa.table({
-            "item": j["item"], "path": j["path"], "size": j["size"], "mtime": j["mtime"], "hash": j["hash"],
+            "item": t["item"], "path": t["path"], "size": t["size"], "mtime": t["mtime"], "hash": t["hash"],
             "reason": reason,
-            "attempts": pc.if_else(fresh, pa.scalar(0, pa.int64()), attempts.cast(pa.int64())),
-            "error": pc.if_else(fresh, pa.scalar(None, pa.string()), j["m_last_error"]),
-        }).filter(todo_mask)
+            "attempts": pc.if_else(t["is_fresh"], pa.scalar(0, pa.int64()), t["prev"]),
+            "error": pc.if_else(t["is_fresh"], pa.scalar(None, pa.string()), t["m_last_error"]),
+        })
         todo = todo.take(pc.sort_indices(todo["item"]))
 
         def count(mask):

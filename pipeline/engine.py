@@ -314,7 +314,8 @@ class WriterActor:
     def write(self, env: dict) -> dict:
         meta = env["meta"]
         n = self.writer.write(env["columns"], meta)
-        return {"rows": n, "units": meta.get("units", n), "warnings": list(meta.get("warnings", ())),
+        # progress counts rows written, and entries that failed (so the bar still reaches its end)
+        return {"rows": n, "units": n + len(meta.get("failed", ())), "warnings": list(meta.get("warnings", ())),
                 "timings": dict(meta.get("timings", {})), "failed": dict(meta.get("failed", {}))}
 
     def close(self) -> dict:
@@ -434,10 +435,12 @@ def done_entries(manifest, settings: str) -> dict[str, dict]:
 def start_pools(job: Job) -> tuple[list[Pool], int]:
     """Check the graph, fuse it, start the pools and ask each for its scale (raises InputError)."""
     check_graph(job.source.columns, job.stages)
+    groups = fuse(job.stages, job.fuse)
+    check_resources(groups)
     pools: list[Pool] = []
     scale = 1
     try:
-        for group in fuse(job.stages, job.fuse):
+        for group in groups:
             pool = Pool(group)
             pools.append(pool)
             d = pool.describe()
@@ -448,6 +451,18 @@ def start_pools(job: Job) -> tuple[list[Pool], int]:
             p.kill()
         raise
     return pools, scale
+
+
+def check_resources(groups: list[list[StageSpec]]) -> None:
+    """Actors hold their CPUs and GPUs for their lifetime: pools that need more than the cluster
+    has would wait forever for a place, so say so before starting any."""
+    have = ray.cluster_resources()
+    for kind, attr in (("CPU", "cpus_per_actor"), ("GPU", "gpus_per_actor")):
+        need = sum(max(getattr(s, attr) for s in g) * g[0].actors for g in groups)
+        if need > have.get(kind, 0) + 1e-9:
+            names = ", ".join("+".join(s.name for s in g) for g in groups)
+            raise InputError(f"the stages ({names}) need {need:g} {kind}s for their actors and the Ray cluster has "
+                             f"{have.get(kind, 0):g}; lower --actors (or the per-actor {kind}s)")
 
 
 def _op_class(factory):

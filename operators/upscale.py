@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -35,17 +36,58 @@ def with_degradation(net, spec: ModelSpec, d: dict):
     """Bind SRMD's degradation map: a blur kernel (isotropic `sigma`, or anisotropic `l1`, `l2`,
     `theta`; none = the authors' near-delta kernel for plain bicubic downscaling) and, for SRMD
     (not SRMDNF), a noise level on the 0-255 scale."""
-    from models.srmd import SRMDWithDegradation, bicubic_kernel, degradation_vector, gaussian_kernel
-    if d.get("l1"):
-        kernel = gaussian_kernel(l1=d["l1"], l2=d.get("l2") or d["l1"], theta=d.get("theta") or 0.0)
-    elif d.get("sigma"):
-        kernel = gaussian_kernel(sigma=d["sigma"])
-    else:
-        kernel = bicubic_kernel()
+    from models.srmd import SRMDWithDegradation, degradation_vector
     nf = spec.variant == "srmdnf"
-    if nf and d.get("noise"):
+    if nf and d.get("noise") not in (None, 0, 0.0, AUTO):
         raise ValueError("SRMDNF is the noise-free model; use SRMD for a noise level")
-    return SRMDWithDegradation(net, degradation_vector(kernel, d.get("noise") or 0.0, with_noise=not nf))
+    noise = 0.0 if d.get("noise") in (None, AUTO) else d["noise"]   # "auto": set per batch (AutoDegradation)
+    return SRMDWithDegradation(net, degradation_vector(_kernel(d), noise, with_noise=not nf))
+
+
+AUTO = "auto"
+
+
+def _kernel(d: dict, sigma: float | None = None):
+    """The blur kernel of a degradation dict (`sigma` overrides an "auto" width)."""
+    from models.srmd import bicubic_kernel, gaussian_kernel
+    if d.get("l1"):
+        return gaussian_kernel(l1=d["l1"], l2=d.get("l2") or d["l1"], theta=d.get("theta") or 0.0)
+    s = sigma if d.get("sigma") == AUTO else d.get("sigma")
+    return gaussian_kernel(sigma=s) if s else bicubic_kernel()
+
+
+class AutoDegradation:
+    """`--blur auto` / `--noise auto`: estimate (operators/estimate.py) the blur width and noise
+    level of each batch (median over up to 3 of its frames), set SRMD's degradation map, report the
+    estimate (a warning line) and store it as the `degradation` column: (N, 2) float32 [blur sigma
+    in HR px, noise on the 0-255 scale] of what was applied (noise: the estimate, also for SRMDNF,
+    which takes none)."""
+
+    def __init__(self, wrapped, spec: ModelSpec, d: dict):
+        self.wrapped, self.spec, self.d = wrapped, spec, dict(d)
+        self.nf = spec.variant == "srmdnf"
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        from models.srmd import degradation_vector
+        from .estimate import blur_sigma, noise_sigma
+        d, n = self.d, len(frames)
+        picks = sorted({0, n // 2, n - 1}) if n else []
+        est_n, est_b = [], []
+        for i in picks:
+            nz = noise_sigma(frames[i]) if (d.get("noise") == AUTO or d.get("sigma") == AUTO) else None
+            est_n.append(nz if d.get("noise") == AUTO else float(d.get("noise") or 0.0))
+            if d.get("sigma") == AUTO:
+                est_b.append(blur_sigma(frames[i], self.spec.scale, nz))
+        noise = float(np.median(est_n)) if est_n else 0.0
+        blur = float(np.median(est_b)) if est_b else float(d.get("sigma") or 0.0) if d.get("sigma") != AUTO else 0.0
+        vec = degradation_vector(_kernel(d, blur), 0.0 if self.nf else noise, with_noise=not self.nf)
+        self.wrapped.vector.copy_(vec.to(self.wrapped.vector.dtype))
+        what = [f"blur sigma {blur:.2f} HR px" if d.get("sigma") == AUTO else None,
+                f"noise {noise:.1f}/255" + (" (SRMDNF: not applied)" if self.nf else "")
+                if d.get("noise") == AUTO else None]
+        warnings.warn(f"{self.spec.variant} x{self.spec.scale}: estimated degradation of {n} frame(s): "
+                      f"{', '.join(w for w in what if w)}", stacklevel=2)
+        return np.tile(np.array([blur, noise], np.float32), (n, 1))
 
 
 class Upscaler:
@@ -53,6 +95,7 @@ class Upscaler:
                  device: str | None = "auto", precision: str = "fp32", tile: int = 0,
                  tile_overlap: int = 16, degradation: dict | None = None):
         self.model_name = model
+        self.auto = None
         self.tile, self.tile_overlap = tile, tile_overlap
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
@@ -66,8 +109,11 @@ class Upscaler:
             self.net, self.spec = None, ModelSpec(arch=model, variant=model, scale=int(scale))
             return
         net, spec = models.load(model, weights=weights, scale=scale)
+        self.auto = None
         if spec.extra_inputs == ("degradation",):
             net = with_degradation(net, spec, degradation or {})
+            if AUTO in ((degradation or {}).get("sigma"), (degradation or {}).get("noise")):
+                self.auto = AutoDegradation(net, spec, degradation)
         elif spec.extra_inputs:
             raise ValueError(f"{model} needs {', '.join(spec.extra_inputs)} inputs; use its own operator")
         if spec.output not in ("image", "residual") or spec.scale < 1:
@@ -75,6 +121,8 @@ class Upscaler:
         self.spec = spec
         self.residual_base = _residual_base(spec.arch)
         self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
+        if self.auto is not None:
+            self.auto.wrapped = self.net
 
     @property
     def scale(self) -> int:
@@ -89,9 +137,12 @@ class Upscaler:
             flag = INTERPOLATORS[self.model_name]
             up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
         else:
+            deg = self.auto.apply(frames) if self.auto is not None and len(frames) else None
             up = self._network(frames)
         out = dict(batch)
         out["frames"] = up
+        if self.auto is not None:
+            out["degradation"] = deg if deg is not None else np.zeros((len(frames), 2), np.float32)
         timings = dict(batch.get("timings", {}))
         timings["model"] = timings.get("model", 0.0) + time.perf_counter() - t0
         out["timings"] = timings

@@ -125,7 +125,11 @@ def _video(x: np.ndarray, gen: torch.Generator, d: RealDegradation) -> np.ndarra
     if ph or pw:
         u8 = np.pad(u8, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < he and pw < we else "edge")
     out = x.copy()
-    coded = encode_video_frame(np.ascontiguousarray(u8), codec, crf, shift)
+    import av
+    try:
+        coded = encode_video_frame(np.ascontiguousarray(u8), codec, crf, shift)
+    except (av.FFmpegError, IndexError):     # a rare encoder refusal (EINVAL) must not stop a training run
+        return x
     out[:he, :we] = coded[:he, :we].astype(np.float32) / 255.0
     return out
 

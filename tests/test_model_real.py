@@ -9,7 +9,7 @@ import models
 from models.training import psnr_y
 from pipeline.degrade import fixed_lr, real_lr
 
-MARGIN_DB = {2: 0.8, 4: 0.4}       # rayscale-real-xS over bicubic on the degraded image, PSNR-Y
+MARGIN_DB = {2: 1.0, 4: 0.8}       # rayscale-real-xS over bicubic on the degraded image, PSNR-Y
 
 
 def _hr(name: str) -> torch.Tensor:

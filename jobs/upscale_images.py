@@ -116,18 +116,27 @@ def plan_files(args, files):
     return outputs
 
 
-def existing_outputs(files, outputs, done: set[str], overwrite: bool):
-    """Files whose output exists but was not written by a finished run of this job: refused
-    item by item (never silently replaced) unless --overwrite."""
+def existing_outputs(files, outputs, ours: set[str], overwrite: bool):
+    """Files whose output exists but was never started by this job (no manifest row under these
+    settings): refused item by item (never silently replaced) unless --overwrite. An output of a
+    run killed between its rename and its manifest row is ours, and is redone."""
     from dataclasses import replace
     if overwrite:
         return files
     out = []
     for f in files:
-        if f.ok and f.rel not in done and os.path.exists(outputs[f.rel]):
+        if f.ok and f.rel not in ours and os.path.exists(outputs[f.rel]):
             f = replace(f, error=f"{outputs[f.rel]}: output exists and is not from this job; pass --overwrite to replace it")
         out.append(f)
     return out
+
+
+def items_started(manifest, settings: str) -> set[str]:
+    import pyarrow.compute as pc
+    t = manifest.state(columns=["item", "settings"]) if manifest.exists() else None
+    if t is None or not t.num_rows:
+        return set()
+    return set(t.filter(pc.equal(t["settings"], settings))["item"].to_pylist())
 
 
 def run_images(args, files, attempts: dict | None = None, log=print):
@@ -139,9 +148,8 @@ def run_images(args, files, attempts: dict | None = None, log=print):
     stages = build_stages(args, model)
     manifest = Manifest(state_dir(args.dst) / "manifest")
     settings = settings_hash(args, stages)
-    done = set(engine.done_entries(manifest, settings))
     outputs = plan_files(args, files)
-    files = existing_outputs(files, outputs, done, args.overwrite)
+    files = existing_outputs(files, outputs, items_started(manifest, settings), args.overwrite)
     ropts = ReadOptions(batch_size=args.batch_size, max_pixels=args.max_pixels, min_size=2,
                         reference_dir=args.reference, downscale=args.downscale,
                         keep_lr=bool(args.reference or args.downscale))

@@ -574,7 +574,8 @@ class _Scheduler:
         self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
         for e in item.entries:
             self._item_of[e.id] = item.key
-        self._manifest([self._entry_row(e, status="running") for e in item.entries])
+        # durable: an output renamed into place before a kill must be recognisable as this job's
+        self._manifest([self._entry_row(e, status="running") for e in item.entries], durable=True)
 
     def finish(self, st: _ItemState) -> None:
         del self.active[st.item.key]

@@ -25,6 +25,8 @@ def add_model_args(ap) -> None:
     g.add_argument("--face-min-size", type=int, default=8, help="smallest face (pixels of the input) to restore")
     g.add_argument("--face-detector", default=None, help="another YuNet ONNX file")
     g.add_argument("--face-actors", type=int, default=1, help="face-SR actors")
+    g.add_argument("--gallery", action="store_true",
+                   help="also write before/after crops of each face track as a contact sheet PNG")
 
 
 def add_compute_args(ap) -> None:
@@ -64,8 +66,9 @@ def degradation_of(args) -> dict:
             "noise": getattr(args, "noise", None)}
 
 
-def build_stages(args, model: str) -> list:
-    """The stage chain for the flags (call after Ray is connected)."""
+def build_stages(args, model: str, still: bool = False) -> list:
+    """The stage chain for the flags (call after Ray is connected). `still`: images, not video
+    (the face tracker then treats every detection as its own track)."""
     from pipeline.engine import StageSpec
     gpus, threads = _placement(args, model)
     device = "cuda" if gpus else "cpu"
@@ -78,31 +81,45 @@ def build_stages(args, model: str) -> list:
                                 degradation=degradation)
     identity = (f"upscale:{model}:{file_identity(args.weights)}:{args.scale}:{args.precision}:{args.tile}:"
                 f"{args.tile_overlap}:{sorted(degradation.items())}")
-    stages = [StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
-                        identity=identity)]
+    upscale = StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
+                        identity=identity)
     if getattr(args, "faces", False):
-        stages = _face_stages(args, stages, device, gpus, threads)
-    return stages
+        return _face_stages(args, upscale, model, device, gpus, threads, still)
+    return [upscale]
 
 
-def _face_stages(args, background: list, device: str, gpus: float, threads) -> list:
+def model_scale(model: str, weights: str | None, scale: int | None) -> int:
+    """The background model's scale, known on the driver without building it."""
+    import models
+    from operators.upscale import INTERPOLATORS
+    if model in INTERPOLATORS or model == "zssr":
+        return int(scale or 2)
+    path = weights or models.shipped_weights().get(model) or model
+    return int(models.detect(path).scale)
+
+
+def _face_stages(args, upscale, model: str, device: str, gpus: float, threads, still: bool) -> list:
+    """detect -> track -> align on the LR frames, the background upscale, face SR in its own pool
+    (its own actor count and device), paste back."""
     from operators.faces.chain import face_stages
     from pipeline.engine import StageSpec
     built = face_stages(face_model=args.face_model, face_weights=args.face_weights,
                         threshold=args.face_threshold, min_size=args.face_min_size,
-                        detector_path=args.face_detector, device=device, precision=args.precision)
+                        detector_path=args.face_detector, background=(upscale.name, upscale.factory),
+                        background_scale=model_scale(model, args.weights, args.scale), still=still,
+                        device=device, precision=args.precision, keep_crops=bool(getattr(args, "gallery", False)))
     ident = (f"faces:{args.face_model}:{file_identity(args.face_weights)}:{args.face_threshold}:"
-             f"{args.face_min_size}:{file_identity(args.face_detector)}")
+             f"{args.face_min_size}:{file_identity(args.face_detector)}:{still}")
     out = []
-    for spec in built:
-        name, factory = spec[0], spec[1]
-        before_background = name in getattr(factory, "before_upscale", ()) or name in ("keep_lr", "detect", "track")
-        pool = dict(actors=args.face_actors, gpus_per_actor=gpus) if name == "face_sr" else dict(actors=args.actors)
-        stage = StageSpec(name, factory, threads=threads, identity=ident, **pool)
-        out.append((before_background, stage))
-    pre = [s for b, s in out if b]
-    post = [s for b, s in out if not b]
-    return pre + background + post
+    for name, factory in built:
+        if name == upscale.name:
+            out.append(upscale)
+        elif name == "face_sr":
+            out.append(StageSpec(name, factory, actors=args.face_actors, gpus_per_actor=gpus, threads=threads,
+                                 identity=ident))
+        else:   # light CPU work: shares the pool shape of its neighbours so it fuses with them
+            out.append(StageSpec(name, factory, actors=args.actors, threads=threads, identity=ident))
+    return out
 
 
 def _sftgan_stages(args, device: str, gpus: float, threads) -> list:
@@ -111,8 +128,26 @@ def _sftgan_stages(args, device: str, gpus: float, threads) -> list:
     built = sftgan_stages(args.weights, args.seg_weights, device=device, precision=args.precision,
                           tile=args.tile, compact=bool(getattr(args, "no_fuse", False)))
     ident = f"sftgan:{file_identity(args.weights)}:{file_identity(args.seg_weights)}:{args.precision}:{args.tile}"
+    if getattr(args, "save_segmentation", None):
+        from operators.segmap_colour import SegmentationLegend
+        at = next(i for i, b in enumerate(built) if b[0] == "segment") + 1
+        built = built[:at] + [("segmentation_legend", functools.partial(SegmentationLegend),
+                               ("segmentation",), ("segmentation_legend",))] + built[at:]
     stages = []
     for name, factory, reads, writes in built:
         stages.append(StageSpec(name, factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
                                 identity=ident, reads=tuple(reads), writes=tuple(writes)))
     return stages
+
+
+def annotation_options(args, faces_table: str, parts: str, gallery: str):
+    """What the sink keeps besides pixels, from the flags (None when nothing)."""
+    from pipeline.annotations import AnnotationOptions
+    faces = bool(getattr(args, "faces", False))
+    seg = getattr(args, "save_segmentation", None)
+    if not faces and not seg:
+        return None
+    return AnnotationOptions(faces_table=faces_table if faces else None, parts=parts,
+                             face_model=args.face_model if faces else "",
+                             gallery=gallery if faces and getattr(args, "gallery", False) else None,
+                             segmentation_dir=os.path.abspath(seg) if seg else None)

@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from jobs.common import add_ray_args, connect_ray, default_model, exit_on_input_error, validate_model  # noqa: E402
+from jobs.common import add_ray_args, connect_ray, default_model, exit_on_input_error  # noqa: E402
 from jobs.stages import add_compute_args, add_model_args, build_stages  # noqa: E402
 from jobs.upscale_images import (add_image_args, check_paths, print_summary, run_images,  # noqa: E402
-                                 settings_hash, state_dir, write_quality_report)
+                                 settings_hash, state_dir, validate_models, write_quality_report)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,13 +88,12 @@ def main(argv=None) -> int:
     from pipeline.manifest import Manifest
     check_paths(args)
     args.model = args.model or default_model(args.scale)
-    if args.model != "sftgan":
-        validate_model(args.model, args.weights, args.scale)
+    validate_models(args)
     state_dir(args.dst).mkdir(parents=True, exist_ok=True)
     with JobLock(state_dir(args.dst) / "job", what="rayscale run on this DST"):
         files = list_sources(args.src, exclude=[args.dst])
         connect_ray(args)
-        settings = settings_hash(args, build_stages(args, args.model))
+        settings = settings_hash(args, build_stages(args, args.model, still=True))
         manifest = Manifest(state_dir(args.dst) / "manifest")
         diff = manifest.diff(listing_table(files), settings, max_attempts=args.max_attempts)
         todo = set(diff.todo["item"].to_pylist())

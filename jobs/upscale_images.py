@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
                          exit_on_input_error, validate_model)
-from jobs.stages import add_compute_args, add_model_args, build_stages  # noqa: E402
+from jobs.stages import add_compute_args, add_model_args, annotation_options, build_stages  # noqa: E402
 
 STATE = ".rayscale"
 
@@ -145,7 +145,7 @@ def run_images(args, files, attempts: dict | None = None, log=print):
     from pipeline.images import ImageSink, ImageSource, ReadOptions, WriteOptions
     from pipeline.manifest import Manifest
     model = args.model
-    stages = build_stages(args, model)
+    stages = build_stages(args, model, still=True)
     manifest = Manifest(state_dir(args.dst) / "manifest")
     settings = settings_hash(args, stages)
     outputs = plan_files(args, files)
@@ -157,7 +157,10 @@ def run_images(args, files, attempts: dict | None = None, log=print):
     wopts = WriteOptions(format=args.format, quality=args.quality, options=tuple(extra.items()))
     source = ImageSource(files, outputs, ropts, group_size=args.group_size, name=Path(args.src).name or "images",
                          attempts=attempts)
-    job = engine.Job(source, stages, ImageSink(wopts), manifest=manifest, settings=settings,
+    state = state_dir(args.dst)
+    ann = annotation_options(args, faces_table=str(Path(args.dst) / "faces.parquet"), parts=str(state / "faces"),
+                             gallery=str(Path(args.dst) / "faces_gallery.png"))
+    job = engine.Job(source, stages, ImageSink(wopts, ann), manifest=manifest, settings=settings,
                      batch_size=args.batch_size, fuse=not args.no_fuse, progress=not args.no_progress)
     summary = engine.run(job)
     manifest.flush()
@@ -205,6 +208,22 @@ def _crop_loader(args):
     return load
 
 
+def validate_models(args) -> None:
+    """Model flags checked on the driver before Ray starts (one line each)."""
+    from pipeline.errors import InputError
+    if args.model == "sftgan":
+        if not args.weights or not args.seg_weights:
+            raise InputError("--model sftgan needs --weights SFTGAN.pth and --seg-weights OutdoorSceneSeg.pth")
+        from operators.sftgan import sftgan_stages
+        sftgan_stages(args.weights, args.seg_weights, device="cpu")     # checks both files, one line each
+        return
+    if args.save_segmentation:
+        raise InputError("--save-segmentation needs --model sftgan (the segmentation comes from its route)")
+    validate_model(args.model, args.weights, args.scale)
+    if args.faces:
+        validate_model(args.face_model, args.face_weights, None)
+
+
 def print_summary(summary, log=print) -> None:
     for line in summary.lines():
         log(line)
@@ -217,8 +236,7 @@ def main(argv=None) -> int:
     from pipeline.lock import JobLock
     check_paths(args)
     args.model = args.model or default_model(args.scale)
-    if args.model != "sftgan":
-        validate_model(args.model, args.weights, args.scale)
+    validate_models(args)
     files = list_sources(args.src, exclude=[args.dst])
     if args.dry_run:
         outputs = plan_files(args, files)

@@ -94,7 +94,7 @@ class ItemWriter:
 class Sink:
     """Ray Data's Datasink shape. open() runs in a writer actor on the driver's node; the
     on_write_* hooks run on the driver."""
-    scale_known = True
+    reads: tuple[str, ...] | None = None     # columns its writers use (None: keep every column)
 
     def on_write_start(self, scale: int) -> None:
         pass
@@ -199,11 +199,13 @@ class _Chain:
 class OperatorActor:
     """Owns one fused chain of operators (and their models) for the actor's lifetime."""
 
-    def __init__(self, factories: list[Callable], names: list[str], threads: int | None = None):
+    def __init__(self, factories: list[Callable], names: list[str], threads: int | None = None,
+                 keep: tuple[str, ...] | None = None):
         import torch
         if threads:
             torch.set_num_threads(threads)
         self.names, self.error, self.chain = names, None, None
+        self.keep = None if keep is None else set(keep)
         try:
             self.chain = _Chain([f() for f in factories])
         except Exception as e:  # reported by describe(): a one-line reason, not a traceback
@@ -233,6 +235,9 @@ class OperatorActor:
         with pywarnings.catch_warnings(record=True) as caught:
             pywarnings.simplefilter("always")
             columns = fn(timings)
+        if self.keep is not None and columns:
+            # what no later stage and not the sink reads (HR segmentation maps, face crops) stops here
+            columns = {k: v for k, v in columns.items() if k in self.keep}
         meta["timings"] = timings
         if caught:
             meta["warnings"] = list(meta.get("warnings", ())) + [str(w.message) for w in caught]
@@ -244,7 +249,7 @@ class Pool:
     fewest batches outstanding; a group with a stateful operator is sticky: every batch of an item
     goes to one actor, which takes no other item until the item's flush."""
 
-    def __init__(self, group: list[StageSpec]):
+    def __init__(self, group: list[StageSpec], keep: tuple[str, ...] | None = None):
         self.group = group
         self.names = [s.name for s in group]
         self.sticky = False
@@ -254,7 +259,7 @@ class Pool:
         if g0.resources:
             opts["resources"] = g0.resources
         threads = next((s.threads for s in group if s.threads), None)
-        self.actors = [OperatorActor.options(**opts).remote([s.factory for s in group], self.names, threads)
+        self.actors = [OperatorActor.options(**opts).remote([s.factory for s in group], self.names, threads, keep)
                        for _ in range(g0.actors)]
         self.load = [0] * len(self.actors)
         self.bound: dict[str, int] = {}          # sticky: item key -> actor slot
@@ -440,8 +445,12 @@ def start_pools(job: Job) -> tuple[list[Pool], int]:
     pools: list[Pool] = []
     scale = 1
     try:
-        for group in groups:
-            pool = Pool(group)
+        for k, group in enumerate(groups):
+            keep = None
+            if job.sink.reads is not None:
+                later = {c for g in groups[k + 1:] for st in g for c in st.declared("reads")}
+                keep = tuple(sorted(later | set(job.sink.reads) | {"frames", "index", "pts"}))
+            pool = Pool(group, keep)
             pools.append(pool)
             d = pool.describe()
             scale *= d["scale"]

@@ -19,6 +19,7 @@ import numpy as np
 from . import engine
 from .engine import Entry, Item
 from .errors import InputError
+from .annotations import AnnotationOptions, AnnotationWriter, finalize
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, Picture, read_image, upscale_alpha, write_image
 from .listing import SourceFile, content_hash
 
@@ -139,17 +140,22 @@ class WriteOptions:
 
 
 class _GroupWriter(engine.ItemWriter):
-    def __init__(self, item: Item, opts: WriteOptions, scale: int):
+    def __init__(self, item: Item, opts: WriteOptions, scale: int, annotations: AnnotationOptions | None):
         self.item, self.opts, self.scale = item, opts, scale
         self.rels = [p[0] for p in item.payload]
+        self.paths = [p[1] for p in item.payload]
         self.outputs = {p[0]: p[3] for p in item.payload}
         self.results: dict[str, dict] = {}
+        self.ann = AnnotationWriter(annotations, item.key, frame_numbers=False) if annotations else None
 
     def write(self, columns, meta) -> int:
         if not columns or not len(columns.get("frames", ())):
             return 0
         from .metrics import quality
         pics, hashes = meta.get("pictures", {}), meta.get("hashes", {})
+        if self.ann:
+            pos = columns["index"].tolist()
+            self.ann.add(columns, [self.paths[p] for p in pos], [os.path.splitext(self.rels[p])[0] for p in pos])
         for i, pos in enumerate(columns["index"].tolist()):
             rel = self.rels[pos]
             pic = pics[pos]
@@ -172,17 +178,24 @@ class _GroupWriter(engine.ItemWriter):
         return len(columns["frames"])
 
     def close(self) -> dict:
+        if self.ann:
+            self.ann.close()
         return self.results
 
 
 class ImageSink(engine.Sink):
     """Writes each output to a temporary name and renames it (pipeline.imageio.write_image)."""
 
-    def __init__(self, opts: WriteOptions):
-        self.opts, self.scale = opts, 1
+    def __init__(self, opts: WriteOptions, annotations: AnnotationOptions | None = None):
+        self.opts, self.scale, self.annotations = opts, 1, annotations
+        self.reads = ("frames", "index", "alpha", "reference", "lr") + (annotations.reads if annotations else ())
 
     def on_write_start(self, scale: int) -> None:
         self.scale = scale
 
     def open(self, item: Item) -> engine.ItemWriter:
-        return _GroupWriter(item, self.opts, self.scale)
+        return _GroupWriter(item, self.opts, self.scale, self.annotations)
+
+    def on_write_complete(self, results: dict, summary) -> None:
+        if self.annotations:
+            finalize(self.annotations, summary)

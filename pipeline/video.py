@@ -24,6 +24,7 @@ from . import engine
 from .decode import decode_segment
 from .encode import EncodeSettings, SegmentWriter, StreamParams, check_encoder
 from .engine import Entry, Item, StageSpec, Summary  # noqa: F401  (the video job's public names)
+from .annotations import AnnotationOptions, AnnotationWriter, finalize
 from .errors import InputError
 from .manifest import Manifest
 from .mux import assemble
@@ -46,6 +47,7 @@ class VideoJob:
     max_inflight: int | None = None
     progress: bool = True
     fuse: bool = True
+    annotations: AnnotationOptions | None = None    # faces table, gallery, segmentation maps
 
 
 def work_dir(output: str) -> Path:
@@ -152,18 +154,25 @@ class VideoSource(engine.Source):
 
 
 class _SegmentFile(engine.ItemWriter):
-    def __init__(self, name: str, path: str, settings: EncodeSettings, params: StreamParams):
-        self.name, self.path = name, path
+    def __init__(self, name: str, path: str, settings: EncodeSettings, params: StreamParams,
+                 annotations: AnnotationOptions | None, source: str):
+        self.name, self.path, self.source = name, path, source
         self.w = SegmentWriter(path, settings, params)
+        self.ann = AnnotationWriter(annotations, name) if annotations else None
 
     def write(self, columns, meta) -> int:
         if "frames" not in columns or not len(columns["frames"]):
             return 0
+        if self.ann:
+            self.ann.add(columns, [self.source] * len(columns["frames"]))
         return self.w.write(columns["frames"], columns["pts"])
 
     def close(self) -> dict:
         r = self.w.close()
-        return {self.name: {"output": self.path, "frames": r["frames"]}}
+        out = {"output": self.path, "frames": r["frames"]}
+        if self.ann:
+            out["faces"] = self.ann.close()
+        return {self.name: out}
 
     def abort(self) -> None:
         self.w.abort()
@@ -176,6 +185,8 @@ class VideoSink(engine.Sink):
         self.job, self.segs, self.wdir = job, segs, wdir
         self._info = info                       # driver side only (see __getstate__)
         self.encode, self.params = job.encode, None
+        self.annotations, self.source = job.annotations, os.path.abspath(info.path)
+        self.reads = ("frames", "index", "pts") + (job.annotations.reads if job.annotations else ())
 
     def __getstate__(self):
         # writer actors need the encoder settings, not the film's frame list
@@ -195,7 +206,8 @@ class VideoSink(engine.Sink):
             raise InputError(f"{self.job.output}: {problem}")
 
     def open(self, item: Item) -> engine.ItemWriter:
-        return _SegmentFile(item.key, str(self.wdir / f"{item.key}.seg"), self.encode, self.params)
+        return _SegmentFile(item.key, str(self.wdir / f"{item.key}.seg"), self.encode, self.params,
+                            self.annotations, self.source)
 
     def on_write_complete(self, results: dict, summary: Summary) -> None:
         if summary.failed:
@@ -215,5 +227,7 @@ class VideoSink(engine.Sink):
         summary.stage_seconds["mux"] = time.perf_counter() - t0
         if written != summary.frames:
             summary.warnings.append(f"{job.output}: {written} video frames muxed, {summary.frames} expected")
+        if self.annotations:
+            finalize(self.annotations, summary)
         if not job.keep_work:
             shutil.rmtree(self.wdir, ignore_errors=True)

@@ -58,7 +58,7 @@ class FaceSR(Operator):
         n, k, h, w = crops.shape[:4]
         valid = np.arange(k)[None, :] < count[:, None]
         if "faces_affine" in batch:            # all-zero map: a face align left to the background
-            valid &= np.abs(batch["faces_affine"]).reshape(n, k, -1).max(-1) > 0
+            valid &= np.abs(batch["faces_affine"]).reshape(n, k, 6).max(-1, initial=0) > 0   # K may be 0
         restored = np.zeros((n, k, h * self.face_scale, w * self.face_scale, 3), crops.dtype)
         if valid.any():
             restored[valid] = self.restore(crops[valid])

@@ -106,58 +106,103 @@ def _tell_reaper(proc) -> None:
         pass
 
 
-def _ray_processes(node_id: str | None, session: str | None, raylet: str | None = None) -> list[int]:
-    """Processes of this node: Ray's workers and agents carry RAY_NODE_ID and RAY_RAYLET_PID in
-    their environment (their command lines are replaced by titles); its servers name the session."""
-    me, found = os.getpid(), []
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time in clock ticks) of every process, from /proc."""
+    table = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                table[int(entry)] = (int(fields[1]), int(fields[19]))
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """pid -> start time of every descendant of root."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in out:
+                out[pid] = table[pid][1]
+                todo.append(pid)
+    return out
+
+
+def _ray_processes(node_id: str | None, session: str | None, raylet: str | None,
+                   known: dict[int, int]) -> list[int]:
+    """What is left of the driver's Ray: the descendants seen while it ran (Ray's agents keep only
+    a title in their command line, and a long title overwrites their environment), workers that
+    carry RAY_NODE_ID / RAY_RAYLET_PID in their environment, servers that name the session."""
+    me, found = os.getpid(), []
+    table = _proc_table()
+    for pid, (ppid, start) in table.items():
+        if pid == me:
+            continue
+        if known.get(pid) == start:
+            found.append(pid)
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read().split(b"\0")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read()
         except OSError:
             continue
         if (node_id and f"RAY_NODE_ID={node_id}".encode() in environ) or \
                 (session and session.encode() in cmdline) or \
-                (raylet and f"RAY_RAYLET_PID={raylet}".encode() in environ and not _has_live_raylet(entry)):
-            found.append(int(entry))
+                (raylet and f"RAY_RAYLET_PID={raylet}".encode() in environ and not _has_live_raylet(ppid)):
+            found.append(pid)
     return found
 
 
-def _has_live_raylet(pid: str) -> bool:
+def _has_live_raylet(ppid: int) -> bool:
     """Our raylet is dead, so its workers are orphans; a process whose parent is a running raylet
     belongs to another Ray that reused the pid."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
         with open(f"/proc/{ppid}/comm", "rb") as f:
             return f.read().strip() == b"raylet"
-    except (OSError, IndexError, ValueError):
+    except OSError:
         return False
 
 
 def _reaper_main() -> None:
+    import select
     import shutil
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
-    driver, started = os.getppid(), time.time()
+    driver, started, me = os.getppid(), time.time(), os.getpid()
     told: dict[str, str] = {}
-    for line in sys.stdin.buffer:
-        key, _, value = line.decode(errors="replace").strip().partition(" ")
-        told[key] = value
+    known: dict[int, int] = {}
+    buf, fd = b"", sys.stdin.fileno()
+    while True:  # until EOF: the driver has ended; meanwhile note its descendants once a second
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                key, _, value = line.decode(errors="replace").strip().partition(" ")
+                told[key] = value
+        known.update(_descendants(driver, _proc_table()))
+        known.pop(me, None)
     node_id, session, raylet = told.get("node"), told.get("session"), told.get("raylet")
     if not session:  # killed inside ray.init: its session folder is named after the driver's pid
         temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
         mine = [p for p in temp.glob(f"session_*_{driver}") if p.stat().st_mtime >= started - 1]
         session = str(mine[0]) if len(mine) == 1 else None
-    if not node_id and not session:
+    if not node_id and not session and not known:
         return
     time.sleep(1.0)  # a normal exit: Ray's own shutdown is already under way
     for _ in range(10):
-        pids = _ray_processes(node_id, session, raylet)
+        pids = _ray_processes(node_id, session, raylet, known)
         if not pids:
             break
         for pid in pids:

@@ -41,8 +41,14 @@ def assert_close_to_golden(out, ref, tol):
 def local_ray():
     """One embedded Ray for the tests that run jobs in-process (the job scripts reuse it)."""
     import ray
+    session = None
     if not ray.is_initialized():
         # "local": a Ray of its own; without it ray.init joins any other Ray running on the host
         ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        session = ray._private.worker._global_node.get_session_dir_path()
     yield
+    if session:  # Ray keeps every session's folder; the suite's own need not pile up in /tmp/ray
+        import shutil
+        ray.shutdown()
+        shutil.rmtree(session, ignore_errors=True)

@@ -118,7 +118,7 @@ class StageSpec:
     factory: Callable            # picklable, builds the operator inside the actor
     actors: int = 1
     gpus_per_actor: float = 0
-    cpus_per_actor: float = 1
+    cpus_per_actor: float | None = None   # None: 1, or a fair share when the pools need more CPUs than there are
     threads: int | None = None   # torch threads per actor on CPU
     identity: str = ""           # what determines its output (for resume)
     reads: tuple[str, ...] | None = None    # None: the operator class's declaration
@@ -254,7 +254,7 @@ class Pool:
         self.names = [s.name for s in group]
         self.sticky = False
         g0 = group[0]
-        opts = dict(num_cpus=max(s.cpus_per_actor for s in group), num_gpus=max(s.gpus_per_actor for s in group),
+        opts = dict(num_cpus=max(s.cpus_per_actor or 0 for s in group), num_gpus=max(s.gpus_per_actor for s in group),
                     max_restarts=-1, max_task_retries=-1, runtime_env={"env_vars": OPERATOR_ENV})
         if g0.resources:
             opts["resources"] = g0.resources
@@ -440,7 +440,7 @@ def done_entries(manifest, settings: str) -> dict[str, dict]:
 def start_pools(job: Job) -> tuple[list[Pool], int]:
     """Check the graph, fuse it, start the pools and ask each for its scale (raises InputError)."""
     check_graph(job.source.columns, job.stages)
-    groups = fuse(job.stages, job.fuse)
+    groups = share_cpus(fuse(job.stages, job.fuse))
     check_resources(groups)
     pools: list[Pool] = []
     scale = 1
@@ -460,6 +460,20 @@ def start_pools(job: Job) -> tuple[list[Pool], int]:
             p.kill()
         raise
     return pools, scale
+
+
+def share_cpus(groups: list[list[StageSpec]]) -> list[list[StageSpec]]:
+    """A CPU reservation is only Ray's bookkeeping (torch threads are set apart): pools that did
+    not ask for a number get one CPU per actor, or a fair share of the cluster's CPUs when there are
+    more such actors than CPUs (unfused routes on a small machine), so they can all start."""
+    import dataclasses
+    free = ray.cluster_resources().get("CPU", 0) - sum(
+        max(s.cpus_per_actor or 0 for s in g) * g[0].actors for g in groups
+        if any(s.cpus_per_actor is not None for s in g))
+    open_actors = sum(g[0].actors for g in groups if all(s.cpus_per_actor is None for s in g))
+    share = 1.0 if not open_actors else max(0.01, min(1.0, free / open_actors))
+    return [[s if s.cpus_per_actor is not None else dataclasses.replace(s, cpus_per_actor=share) for s in g]
+            for g in groups]
 
 
 def check_resources(groups: list[list[StageSpec]]) -> None:

@@ -1,0 +1,63 @@
+"""The face and SFTGAN routes through the jobs, on the engine: faces.parquet and its counts, the
+no-face note, fused and unfused SFTGAN giving the same pixels, segmentation maps saved."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from jobs import restore_faces, upscale_images
+from tests.conftest import shared_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+
+
+def test_faces_table_counts_and_the_no_face_note(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    group = Image.open(shared_path("data", "faces", "codeformer", "whole_imgs", "00.jpg")).convert("RGB")
+    # a half-size copy: faces of 16-21 px, the size the x4 face model is for
+    group.resize((group.width // 2, group.height // 2), Image.BICUBIC).save(src / "small_group.png")
+    Image.open(shared_path("data", "Set5", "HR", "butterfly.png")).save(src / "butterfly.png")
+    dst = tmp_path / "out"
+    assert restore_faces.main([str(src), str(dst), "--scale", "2", "--face-model", "rayscale-x4", "--gallery",
+                               "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    t = pq.read_table(dst / "faces.parquet")
+    per_source = {s: n for s, n in zip(*np.unique(t["source"].to_numpy(zero_copy_only=False), return_counts=True))}
+    assert per_source == {str(src / "small_group.png"): 4}          # four people in codeformer 00, none on the butterfly
+    assert set(t.column_names) >= {"source", "frame", "track", "box", "landmarks", "score", "face_model"}
+    assert all(t["restored"].to_pylist()) and (dst / "faces_gallery.png").is_file()
+    assert "4 face(s)" in out
+    assert Image.open(dst / "small_group.png").size == (group.width // 2 * 2, group.height // 2 * 2)
+    # a folder without faces: the plain upscale, and the summary says so
+    src2, dst2 = tmp_path / "nofaces", tmp_path / "out2"
+    src2.mkdir()
+    Image.open(shared_path("data", "Set5", "HR", "butterfly.png")).save(src2 / "butterfly.png")
+    assert upscale_images.main([str(src2), str(dst2), "--faces", "--scale", "2", "--face-model", "rayscale-x4",
+                                "--no-progress"]) == 0
+    assert "no face found" in capsys.readouterr().out
+    assert pq.read_table(dst2 / "faces.parquet").num_rows == 0
+
+
+def test_sftgan_route_fused_and_unfused_agree_and_maps_are_saved(tmp_path):
+    from tests.test_sftgan_route import seg_random_sd, sft_small_sd
+    from models.sftgan import VARIANT_PYTORCH
+    torch.save(seg_random_sd(), tmp_path / "seg.pth")
+    torch.save(sft_small_sd(VARIANT_PYTORCH), tmp_path / "sft.pth")
+    src = tmp_path / "src"
+    src.mkdir()
+    hr = Image.open(shared_path("data", "outdoor", "OST", "OST_013.png")).convert("RGB")
+    hr.crop((0, 0, 96, 64)).save(src / "ost.png")
+    outs = {}
+    for fuse in (True, False):
+        dst = tmp_path / f"out_{fuse}"
+        args = [str(src), str(dst), "--model", "sftgan", "--weights", str(tmp_path / "sft.pth"),
+                "--seg-weights", str(tmp_path / "seg.pth"), "--no-progress",
+                "--save-segmentation", str(tmp_path / f"seg_{fuse}")]
+        assert upscale_images.main(args + ([] if fuse else ["--no-fuse"])) == 0
+        outs[fuse] = np.asarray(Image.open(dst / "ost.png")).astype(int)
+        legend = Image.open(tmp_path / f"seg_{fuse}" / "ost.png")
+        assert legend.width >= 96 * 4                                  # the map at the output size, plus the legend
+    assert outs[True].shape == (256, 384, 3)
+    assert np.abs(outs[True] - outs[False]).max() <= 1                 # unfused maps travel as float16

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from jobs.stages import (add_compute_args, add_model_args, annotation_options, build_stages,  # noqa: E402
+                         degradation_of)
 from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
                          exit_on_input_error, looks_like_path, validate_input, validate_model, validate_output)
 
@@ -26,11 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="source video (anything FFmpeg reads)")
     ap.add_argument("output", help="output video; the container follows the extension (.mp4, .mkv, .mov)")
-    ap.add_argument("--model", default=None,
-                    help="bicubic, lanczos, a shipped model (rayscale-x2, rayscale-x4), an architecture name "
-                         "with --weights, or a checkpoint path (default: the shipped model for --scale)")
-    ap.add_argument("--weights", default=None, help="checkpoint file for --model")
-    ap.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
+    add_model_args(ap)
     g = ap.add_argument_group("zssr (--model zssr: one net trained per shot on the video itself)")
     g.add_argument("--budget", default="300",
                    help="training per shot: iterations per scale step (e.g. 300) or seconds with an s suffix (e.g. 60s)")
@@ -38,28 +36,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--zssr-ensemble", action="store_true",
                    help="8-way self-ensemble at test time (8x slower per frame; off for video by default)")
     g.add_argument("--zssr-cut-threshold", type=float, default=0.3, help="scene-cut histogram distance (0-1)")
-    g = ap.add_argument_group("SRMD degradation (models that take one)")
-    g.add_argument("--blur", type=lambda v: v if v == "auto" else float(v), default=None,
-                   help="isotropic Gaussian blur sigma of the source, or auto: estimated per batch (default: none)")
-    g.add_argument("--blur-l2", type=float, default=None, help="anisotropic blur: second eigenvalue (--blur-l1 first)")
-    g.add_argument("--blur-l1", type=float, default=None, help="anisotropic blur: first eigenvalue")
-    g.add_argument("--blur-theta", type=float, default=None, help="anisotropic blur: angle in radians")
-    g.add_argument("--noise", type=lambda v: v if v == "auto" else float(v), default=None,
-                   help="noise level of the source on the 0-255 scale (SRMD), or auto: estimated per batch")
     g = ap.add_argument_group("encoding")
     g.add_argument("--encoder", default="libx264",
                    help="libx264, libx265, libsvtav1, ffv1, h264_nvenc, hevc_nvenc (where present)")
     g.add_argument("--crf", type=int, default=18, help="quality (CRF, or CQ for NVENC)")
     g.add_argument("--preset", default=None, help="encoder preset (e.g. medium, slow, p5)")
     g.add_argument("--pix-fmt", default=None, help="output pixel format (default: the source's)")
-    g = ap.add_argument_group("compute")
-    g.add_argument("--batch-size", type=int, default=4, help="frames per batch")
-    g.add_argument("--tile", type=int, default=0, help="process frames in tiles of this many input pixels (0: whole)")
-    g.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
-    g.add_argument("--actors", type=int, default=1, help="model actors (one model copy each)")
-    g.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1 if Ray sees GPUs)")
-    g.add_argument("--threads", type=int, default=None, help="torch threads per CPU actor (default: cores / actors)")
-    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="fp16/bf16 on GPU; bf16 also on CPU")
+    add_compute_args(ap)
     g = ap.add_argument_group("range and recovery")
     g.add_argument("--start", type=float, default=None, help="start time in seconds")
     g.add_argument("--end", type=float, default=None, help="end time in seconds")
@@ -85,10 +68,14 @@ def main(argv=None) -> int:
     validate_output(args.output, args.input, overwrite=args.overwrite)
     check_output(args.output)
     model = args.model or default_model(args.scale)
-    degradation = {"sigma": args.blur, "l1": args.blur_l1, "l2": args.blur_l2, "theta": args.blur_theta,
-                   "noise": args.noise}
-    if model != "zssr":
+    degradation = degradation_of(args)
+    if model == "sftgan" or args.faces or args.save_segmentation:
+        from jobs.upscale_images import validate_models
+        args.model = model
+        validate_models(args)
+    elif model != "zssr":
         validate_model(model, args.weights, args.scale, degradation=degradation)
+    _check_output_size(args, model)
     # workers of a cluster run in other folders (a copy of the checkout): give them absolute paths
     args.input, args.output = os.path.abspath(args.input), os.path.abspath(args.output)
     if args.weights:
@@ -109,36 +96,44 @@ def main(argv=None) -> int:
             raise
 
 
+def _check_output_size(args, model: str) -> None:
+    """An output larger than the encoder takes is refused before Ray starts (H.264: 16384)."""
+    from jobs.stages import model_scale
+    from pipeline.encode import check_size
+    from pipeline.errors import InputError
+    from pipeline.probe import probe
+    if model == "sftgan":
+        import models
+        scale = models.detect(args.weights).scale
+    else:
+        scale = model_scale(model, args.weights, args.scale)
+    info = probe(args.input)
+    problem = check_size(args.encoder, info.width * scale, info.height * scale)
+    if problem:
+        raise InputError(f"{args.output}: {problem}")
+
+
 def _run(args, model: str, degradation: dict) -> int:
-    from operators.upscale import INTERPOLATORS, Upscaler
     from pipeline.encode import EncodeSettings
-    from pipeline.video import StageSpec, VideoJob, run
+    from pipeline.video import StageSpec, VideoJob, run, work_dir
 
     connect_ray(args)
-    import ray
-    gpus = args.gpus_per_actor
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 and model not in INTERPOLATORS else 0
-    threads = args.threads or (None if gpus else max(1, (os.cpu_count() or 1) // args.actors))
     if model == "zssr":
+        from jobs.stages import _placement
+        gpus, threads = _placement(args, model)
         factory, identity = _zssr_factory(args, "cuda" if gpus else "cpu", gpus)
+        stages = [StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
+                            identity=identity)]
     else:
-        factory = functools.partial(Upscaler, model, weights=args.weights, scale=args.scale,
-                                    device="cuda" if gpus else "cpu", precision=args.precision,
-                                    tile=args.tile, tile_overlap=args.tile_overlap, degradation=degradation)
-        weights_id = ""
-        if args.weights:
-            st = os.stat(args.weights)
-            weights_id = f"{os.path.abspath(args.weights)}:{st.st_size}:{st.st_mtime}"
-        identity = (f"upscale:{model}:{weights_id}:{args.scale}:{args.precision}:{args.tile}:"
-                    f"{args.tile_overlap}:{sorted(degradation.items())}")
-    stage = StageSpec("upscale", factory, actors=args.actors, gpus_per_actor=gpus, threads=threads,
-                      identity=identity)
-    job = VideoJob(args.input, args.output, [stage],
+        stages = build_stages(args, model)
+    wdir = work_dir(args.output)
+    ann = annotation_options(args, faces_table=args.output + ".faces.parquet", parts=str(wdir / "faces"),
+                             gallery=args.output + ".faces.png")
+    job = VideoJob(args.input, args.output, stages,
                    encode=EncodeSettings(args.encoder, args.crf, args.preset, args.pix_fmt),
                    batch_size=args.batch_size, segment_frames=args.segment_frames,
                    start=args.start, end=args.end, resume=args.resume, keep_work=args.keep_work,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, fuse=not args.no_fuse, annotations=ann)
     try:
         summary = run(job)
     except KeyboardInterrupt:
@@ -149,6 +144,9 @@ def _run(args, model: str, degradation: dict) -> int:
         print(f"{args.output}: not written: {len(summary.failed)} segment(s) failed; fix the cause and rerun "
               f"with --resume to keep the finished ones", file=sys.stderr)
         return 1
+    if summary.incomplete:
+        print(f"wrote {args.output}, incomplete: the source is truncated (exit code 3)", file=sys.stderr)
+        return 3
     print(f"wrote {args.output}")
     return 0
 

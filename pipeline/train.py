@@ -76,6 +76,8 @@ def export_safetensors(net: torch.nn.Module, spec: models.ModelSpec, path: str |
     meta = {"arch": spec.arch, "variant": spec.variant, "scale": str(spec.scale)}
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     save_file(sd, str(path), metadata=meta)
+    from models.convert import apply_umask
+    apply_umask(str(path))            # safetensors writes 0600; exports are meant to be shared
     return path
 
 

@@ -19,10 +19,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from . import engine
 from .decode import decode_segment
-from .encode import EncodeSettings, SegmentWriter, StreamParams, check_encoder
+from .encode import EncodeSettings, SegmentWriter, StreamParams, check_encoder, output_params
 from .engine import Entry, Item, StageSpec, Summary  # noqa: F401  (the video job's public names)
 from .annotations import AnnotationOptions, AnnotationWriter, finalize
 from .errors import InputError
@@ -118,7 +119,8 @@ def _read_segment(item: Item, batch_size: int):
     """Runs in a read task: decode one segment into envelopes (global frame indices)."""
     info, seg, first = item.payload
     for b in decode_segment(info, seg, batch_size):
-        columns = {"frames": b["frames"], "index": b["index"] + first, "pts": b["pts"]}
+        columns = {k: v for k, v in b.items() if k not in ("segment", "warnings", "timings")}
+        columns["index"] = b["index"] + first
         yield {"columns": columns, "meta": {"item": item.key, "warnings": list(b.get("warnings", ())),
                                             "timings": dict(b.get("timings", {})), "units": len(b["pts"])}}
 
@@ -159,17 +161,20 @@ class _SegmentFile(engine.ItemWriter):
         self.name, self.path, self.source = name, path, source
         self.w = SegmentWriter(path, settings, params)
         self.ann = AnnotationWriter(annotations, name) if annotations else None
+        self.repeated = 0
 
     def write(self, columns, meta) -> int:
         if "frames" not in columns or not len(columns["frames"]):
             return 0
         if self.ann:
             self.ann.add(columns, [self.source] * len(columns["frames"]))
-        return self.w.write(columns["frames"], columns["pts"])
+        if "repeated" in columns:      # frames the decoder could not produce, shown as a neighbour
+            self.repeated += int(np.count_nonzero(columns["repeated"]))
+        return self.w.write(columns["frames"], columns["pts"], columns.get("alpha"))
 
     def close(self) -> dict:
         r = self.w.close()
-        out = {"output": self.path, "frames": r["frames"]}
+        out = {"output": self.path, "frames": r["frames"], "repeated": self.repeated}
         if self.ann:
             out["faces"] = self.ann.close()
         return {self.name: out}
@@ -186,7 +191,8 @@ class VideoSink(engine.Sink):
         self._info = info                       # driver side only (see __getstate__)
         self.encode, self.params = job.encode, None
         self.annotations, self.source = job.annotations, os.path.abspath(info.path)
-        self.reads = ("frames", "index", "pts") + (job.annotations.reads if job.annotations else ())
+        self.reads = ("frames", "index", "pts", "alpha", "repeated") + (job.annotations.reads if job.annotations else ())
+        self.notes: list[str] = []
 
     def __getstate__(self):
         # writer actors need the encoder settings, not the film's frame list
@@ -204,15 +210,20 @@ class VideoSink(engine.Sink):
         problem = check_encoder(self.encode, self.params)
         if problem:
             raise InputError(f"{self.job.output}: {problem}")
+        self.notes = output_params(self.encode, self.params)[1]   # what the encoder gets that differs
 
     def open(self, item: Item) -> engine.ItemWriter:
         return _SegmentFile(item.key, str(self.wdir / f"{item.key}.seg"), self.encode, self.params,
                             self.annotations, self.source)
 
     def on_write_complete(self, results: dict, summary: Summary) -> None:
+        summary.notes.extend(self.notes)
         if summary.failed:
             return
         job, info, segs = self.job, self._info, self.segs
+        repeated = sum(int(results[s.name].get("repeated") or 0) for s in segs)
+        if info.truncated:
+            summary.incomplete.append(info.truncation_warning(summary.frames - repeated))
         paths = [results[s.name]["output"] for s in segs]
         t0 = time.perf_counter()
         start = None if job.start is None else Fraction(int(info.pts[segs[0].first_frame])) * info.time_base

@@ -355,4 +355,13 @@ def exit_on_input_error(main):
         except RayUnavailable as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except Exception as e:  # noqa: BLE001
+            if not type(e).__module__.startswith("ray."):
+                raise
+            # Ray itself failed (a raylet or the GCS killed): one line; what finished is in the
+            # manifest for --resume / the next run
+            text = [x for x in str(getattr(e, "cause", None) or e).strip().splitlines() if x.strip()]
+            print(f"error: Ray failed ({type(e).__name__}: {text[-1] if text else 'no message'}); finished "
+                  f"work is kept: rerun (with --resume for a video) to go on", file=sys.stderr)
+            return 1
     return wrapper

@@ -54,6 +54,7 @@ class Item:
     key: str
     entries: list[Entry]
     payload: Any = None                # what the source's reader needs (small: it is pickled)
+    hints: dict = field(default_factory=dict)   # set by the engine on a retry (e.g. {"shrink": 1})
 
     @property
     def units(self) -> int:
@@ -231,6 +232,10 @@ class OperatorActor:
 
     def _run(self, env: dict, fn) -> dict:
         meta = dict(env["meta"])
+        if meta.get("shrink"):
+            for op in self.chain.ops:
+                if hasattr(op, "shrink"):
+                    op.shrink(int(meta["shrink"]))
         timings = dict(meta.get("timings", {}))
         with pywarnings.catch_warnings(record=True) as caught:
             pywarnings.simplefilter("always")
@@ -255,7 +260,10 @@ class Pool:
         self.sticky = False
         g0 = group[0]
         opts = dict(num_cpus=max(s.cpus_per_actor or 0 for s in group), num_gpus=max(s.gpus_per_actor for s in group),
-                    max_restarts=-1, max_task_retries=-1, runtime_env={"env_vars": OPERATOR_ENV})
+                    # an actor is restarted as often as it dies, but a batch is retried only twice
+                    # in place: a batch that kills its worker every time (out of memory) must come
+                    # back to the engine, which retries the item with smaller tiles or gives up
+                    max_restarts=-1, max_task_retries=2, runtime_env={"env_vars": OPERATOR_ENV})
         if g0.resources:
             opts["resources"] = g0.resources
         threads = next((s.threads for s in group if s.threads), None)
@@ -309,23 +317,35 @@ class WriterActor:
     (the sink's files are local to the driver, which finalizes them)."""
 
     def __init__(self, sink: Sink):
-        self.sink, self.writer = sink, None
+        self.sink, self.writer, self.failed = sink, None, None
 
     def open(self, item: Item) -> None:
         if self.writer is not None:
             self.writer.abort()
+        self.failed = None
         self.writer = self.sink.open(item)
 
     def write(self, env: dict) -> dict:
         meta = env["meta"]
-        n = self.writer.write(env["columns"], meta)
+        if self.failed is not None:       # never touch a container after a failed write (PyAV crashes)
+            raise self.failed
+        try:
+            n = self.writer.write(env["columns"], meta)
+        except Exception as e:
+            self.failed = disk_full(e) or e
+            raise self.failed from None
         # progress counts rows written, and entries that failed (so the bar still reaches its end)
         return {"rows": n, "units": n + len(meta.get("failed", ())), "warnings": list(meta.get("warnings", ())),
                 "timings": dict(meta.get("timings", {})), "failed": dict(meta.get("failed", {}))}
 
     def close(self) -> dict:
         t0 = time.perf_counter()
-        result = self.writer.close()
+        if self.failed is not None:
+            raise self.failed
+        try:
+            result = self.writer.close()
+        except Exception as e:
+            raise (disk_full(e) or e) from None
         self.writer = None
         return {"entries": result, "seconds": time.perf_counter() - t0}
 
@@ -335,8 +355,23 @@ class WriterActor:
             self.writer = None
 
 
+class DiskFull(RuntimeError):
+    """No space left where the sink writes: the job stops (every item would fail the same way)."""
+
+
+def disk_full(e: BaseException) -> DiskFull | None:
+    import errno
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
+        where = getattr(e, "filename", None) or ""
+        return DiskFull(f"no space left on {os.path.dirname(str(where)) or 'the output device'}")
+    return None
+
+
 def _read_task(reader, item):
-    yield from reader(item)
+    for env in reader(item):
+        if item.hints:     # the operators see them (e.g. smaller tiles after an out-of-memory death)
+            env["meta"] = {**env["meta"], **item.hints}
+        yield env
 
 
 def _driver_node_strategy():
@@ -563,6 +598,7 @@ class _Scheduler:
         self.active: dict[str, _ItemState] = {}
         self.ack_owner: dict = {}          # write ack -> (state, [(pool, slot), ...])
         self.attempts: dict[str, int] = {}    # item key -> attempts in this run
+        self.stopping: str | None = None
         self._item_of: dict[str, str] = {}
 
     def _writer(self):
@@ -621,7 +657,7 @@ class _Scheduler:
             self.free_writers.append(st.writer)
             if self._retry(st):
                 return
-            error = st.error.removeprefix("input: ").removeprefix("retry: ")
+            error = st.error.removeprefix("input: ").removeprefix("retry: ").removeprefix("fatal: ")
             self.job.sink.on_write_failed(item, error)
             rows_out = []
             for e in item.entries:
@@ -659,8 +695,16 @@ class _Scheduler:
     def _retry(self, st: _ItemState) -> bool:
         """A worker that died (killed, out of memory) costs the item a retry, with back-off and
         less work in flight; input errors are not retried (they would fail again)."""
-        if self.attempts.get(st.item.key, 0) > self.job.item_retries or not st.error.startswith("retry: "):
+        if st.error.startswith("fatal: "):
+            self.stopping = st.error
             return False
+        if self.attempts.get(st.item.key, 0) > self.job.item_retries or not st.error.startswith("retry: "):
+            if "out of memory" in st.error:
+                st.error += "; try --tile 256 (or smaller), fewer --actors or a smaller --batch-size"
+            return False
+        # a worker that died on this item most likely ran out of memory (Ray's monitor or the
+        # kernel's killer): operators that can work in smaller tiles do so on the retry
+        st.item.hints = {**st.item.hints, "shrink": self.attempts[st.item.key]}
         self.job.log(f"{st.item.key}: {st.error.removeprefix('retry: ')}; retrying ({self.attempts[st.item.key]} of "
                      f"{self.job.item_retries})")
         time.sleep(min(10.0, 0.5 * 2 ** self.attempts[st.item.key]))
@@ -732,6 +776,11 @@ class _Scheduler:
     def run(self, items: list[Item]) -> None:
         self.pending: deque = deque(items)
         while self.pending or self.active:
+            if self.stopping:                 # disk full: let open items end, start no new one
+                for item in self.pending:
+                    for e in item.entries:
+                        self.summary.failed.append(f"{e.path or e.id}: not started: {self.stopping[7:]}")
+                self.pending.clear()
             while self.pending and len(self.active) < self.max_active:
                 self.open(self.pending.popleft())
             for st in list(self.active.values()):
@@ -762,6 +811,8 @@ def one_line(e: BaseException) -> str:
     cause = getattr(e, "cause", None) or e
     if isinstance(cause, InputError):
         return "input: " + str(cause).strip().splitlines()[0]
+    if isinstance(cause, DiskFull):
+        return "fatal: " + str(cause)
     if isinstance(e, ray.exceptions.OutOfMemoryError) or isinstance(cause, ray.exceptions.OutOfMemoryError):
         return "retry: a worker was killed by Ray's memory monitor (out of memory)"
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,

@@ -135,3 +135,37 @@ def test_two_node_cluster_writers_on_the_driver_node(tmp_path):
     assert out["failed"] == []
     assert out["nodes"] == [out["head"]] * 3
     assert out["index"] == [list(range(k * 6, k * 6 + 6)) for k in range(3)]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_worker_that_dies_on_an_item_is_retried_with_smaller_tiles(tmp_path):
+    """Item it1 kills its worker every time until told to shrink: the engine must not loop on
+    Ray's restarts, but retry the item with the shrink hint, and write everything."""
+    job = engine.Job(toys.CountSource(items=3, n=10, batch=5), [stage("die", toys.DieUnlessShrunk)],
+                     toys.CollectSink(tmp_path), progress=False, log=lambda line: None)
+    summary = engine.run(job)
+    assert not summary.failed and summary.units == 30
+    assert toys.load(tmp_path, "it1")["columns"]["index"].tolist() == list(range(10, 20))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_disk_full_is_one_line_without_a_crash(tmp_path, capsys):
+    """A video job writing onto a 1 MiB filesystem: 'no space left' in one line, no crash."""
+    from jobs import upscale_video
+    from pipeline.synth import make_clip
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        src = make_clip(str(tmp_path / "in.mp4"), frames=48, width=320, height=192, gop=12)
+        rc = upscale_video.main([src, str(mnt / "out.mkv"), "--model", "bicubic", "--scale", "2", "--encoder", "ffv1",
+                                 "--segment-frames", "12", "--no-progress"])
+        cap = capsys.readouterr()
+        err = cap.out + cap.err
+        assert rc == 1, err
+        assert "no space left on" in err and "Traceback" not in err, err
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -154,7 +154,8 @@ def _run(args, model: str, degradation: dict) -> int:
 def _zssr_factory(args, device: str, gpus: float):
     """Find the shots of the selected range, start one training task per shot, return the stage factory."""
     import numpy as np
-    from operators.zssr import ZSSRUpscaler, launch_training, parse_budget
+    from operators.zssr import ZSSRUpscaler, parse_budget
+    from pipeline.zssr_shots import launch_training
     from pipeline.errors import InputError
     from pipeline.probe import probe
     from pipeline.shots import detect_shots

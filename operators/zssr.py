@@ -1,11 +1,11 @@
 """ZSSR for video: one net trained per shot on a few of its frames, applied to every frame of the shot.
 
-The driver runs `launch_training` before streaming (one Ray task per shot, num_cpus=1, each
-returning the trained net's state dict as an object ref) and builds the stage with
-`functools.partial(ZSSRUpscaler, scale, shots, refs, ...)`: plain arguments and object refs, so the
-factory pickles and an actor that is restarted rebuilds the same operator. The actor fetches a
-shot's net the first time a frame of that shot arrives, so inference of early shots overlaps the
-training of later ones.
+The job trains one net per shot before streaming (pipeline/zssr_shots.py: one Ray task per shot)
+and builds the stage with `functools.partial(ZSSRUpscaler, scale, shots, nets, ...)`, where each
+net is a state dict or a zero-argument callable that returns one (a fetch of the training task's
+result, waiting for it): the factory pickles, an actor that is restarted rebuilds the same
+operator, and this module knows nothing of Ray. The actor fetches a shot's net the first time a
+frame of that shot arrives, so inference of early shots overlaps the training of later ones.
 
 Test-time default is cheap (no 8-way self-ensemble, 2 back-projection steps): the ensemble costs 8
 forward passes per frame for a few tenths of a dB; `ensemble=True, back_projection_iters=10` is the
@@ -18,7 +18,7 @@ import bisect
 import numpy as np
 import torch
 
-from models.zssr import apply_zssr, from_state_dict, train_zssr
+from models.zssr import apply_zssr, from_state_dict
 
 
 def parse_budget(text: str | int | float) -> tuple[int | None, float | None]:
@@ -36,31 +36,6 @@ def parse_budget(text: str | int | float) -> tuple[int | None, float | None]:
     except ValueError:
         pass
     raise ValueError(f"budget {text!r}: give iterations (e.g. 500) or seconds with an s suffix (e.g. 30s)")
-
-
-def train_shot(info, first: int, last: int, scale: int, frames: int = 3, max_iters: int | None = None,
-               max_seconds: float | None = None, device: str = "cpu", seed: int = 0) -> dict:
-    """Train one net on `frames` frames spread over the shot; {'state_dict', 'iterations', 'seconds', 'frames'}."""
-    from pipeline.shots import read_frames, sample_indices
-    idx = sample_indices(first, last, frames)
-    imgs = read_frames(info, idx)
-    if not imgs:
-        raise RuntimeError(f"{info.path}: no frame of shot {first}-{last} could be decoded for ZSSR training")
-    st: dict = {}
-    net = train_zssr(imgs, scale, max_iters=max_iters, max_seconds=max_seconds, device=device, seed=seed,
-                     stats=st)
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    return {"state_dict": sd, "iterations": st.get("iterations"), "seconds": st.get("seconds"), "frames": idx}
-
-
-def launch_training(info, shots: list[tuple[int, int]], scale: int, frames: int = 3,
-                    max_iters: int | None = None, max_seconds: float | None = None,
-                    device: str = "cpu", num_gpus: float = 0) -> list:
-    """One Ray task per shot (num_cpus=1); returns their object refs, in shot order."""
-    import ray
-    task = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=2)(train_shot)
-    return [task.remote(info, a, b, scale, frames, max_iters, max_seconds, device, seed=k)
-            for k, (a, b) in enumerate(shots)]
 
 
 class ZSSRUpscaler:
@@ -88,9 +63,8 @@ class ZSSRUpscaler:
     def _net(self, k: int) -> torch.nn.Module:
         if k not in self._loaded:
             item = self.nets[k]
-            if not isinstance(item, dict):          # an ObjectRef from launch_training
-                import ray
-                item = ray.get(item)
+            if callable(item):                      # the training task's result, when it is ready
+                item = item()
             sd = item.get("state_dict", item)
             net, _ = from_state_dict(sd)
             net.load_state_dict(sd, strict=True)

@@ -652,9 +652,9 @@ class _Scheduler:
         if st.error is not None:
             try:
                 ray.get(st.writer.abort.remote())
-            except ray.exceptions.RayError:
-                pass
-            self.free_writers.append(st.writer)
+                self.free_writers.append(st.writer)
+            except ray.exceptions.RayError:   # the writer itself died (memory monitor): a new one next time
+                ray.kill(st.writer)
             if self._retry(st):
                 return
             error = st.error.removeprefix("input: ").removeprefix("retry: ").removeprefix("fatal: ")

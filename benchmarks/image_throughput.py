@@ -93,6 +93,11 @@ def main() -> None:
         print(f"{'naive one-process loop':34s} {naive_ips:8.2f}   1.00")
         print(f"{'image job, whole process':34s} {job_ips:8.2f}   {job_ips / naive_ips:.2f}")
         print(f"{'image job, steady (first-last write)':34s} {steady:8.2f}   {steady / naive_ips:.2f}")
+        # what the job pays once (interpreter, Ray, actors, model load, finalize), not per image
+        print(f"fixed cost of the job: {wall - args.images / steady:.1f} s of {wall:.1f} s wall "
+              f"(break-even with the naive loop at {max(0.0, (wall - args.images / steady) / (1 / naive_ips - 1 / steady)):.0f} images)"
+              if steady > naive_ips else f"job wall {wall:.1f} s")
+        print("job summary: " + " | ".join(l for l in r.stdout.splitlines() if "wall:" in l or "per stage" in l))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

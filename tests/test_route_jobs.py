@@ -61,3 +61,23 @@ def test_sftgan_route_fused_and_unfused_agree_and_maps_are_saved(tmp_path):
         assert legend.width >= 96 * 4                                  # the map at the output size, plus the legend
     assert outs[True].shape == (256, 384, 3)
     assert np.abs(outs[True] - outs[False]).max() <= 1                 # unfused maps travel as float16
+
+
+def test_sftgan_route_on_video_keeps_timestamps_and_audio(tmp_path):
+    from jobs import upscale_video
+    from models.sftgan import VARIANT_TORCH
+    from pipeline.probe import probe
+    from pipeline.synth import make_clip
+    from tests.media import packets, times
+    from tests.test_sftgan_route import seg_random_sd, sft_small_sd
+    torch.save(seg_random_sd(), tmp_path / "seg.pth")
+    torch.save(sft_small_sd(VARIANT_TORCH), tmp_path / "sft.pth")
+    src = make_clip(str(tmp_path / "in.mp4"), frames=12, width=48, height=32, gop=6)
+    out = tmp_path / "out.mp4"
+    assert upscale_video.main([src, str(out), "--model", "sftgan", "--weights", str(tmp_path / "sft.pth"),
+                               "--seg-weights", str(tmp_path / "seg.pth"), "--segment-frames", "6",
+                               "--no-progress"]) == 0
+    info = probe(str(out))
+    assert (info.width, info.height) == (192, 128) and info.frame_count == 12
+    assert times(str(out)) == times(src)
+    assert packets(str(out), "audio") == packets(src, "audio")

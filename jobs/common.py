@@ -252,14 +252,9 @@ def validate_output(path: str, inputs: str | list[str] = (), overwrite: bool = F
     """The output's folder exists and is writable, the output is none of the inputs (also through
     symlinks and hard links: same device and inode), and an existing output needs `overwrite`."""
     from pipeline.errors import InputError
+    from pipeline.paths import check_writable
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{path}: {kind} path is a directory")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: {kind} folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: {kind} folder {parent} is not writable")
+    check_writable(path, kind)
     if p.exists() or p.is_symlink():
         for src in [inputs] if isinstance(inputs, str) else inputs:
             try:

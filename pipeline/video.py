@@ -28,6 +28,7 @@ from .engine import Entry, Item, StageSpec, Summary  # noqa: F401  (the video jo
 from .annotations import AnnotationOptions, AnnotationWriter, finalize
 from .errors import InputError
 from .manifest import Manifest
+from .paths import check_writable
 from .mux import assemble
 from .probe import VideoInfo, probe
 from .segments import Segment, plan_segments
@@ -58,13 +59,7 @@ def work_dir(output: str) -> Path:
 
 def check_output(path: str) -> None:
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{path}: output path is a directory")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{path}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{path}: output folder {parent} is not writable")
+    check_writable(path)
     try:
         av.format.ContainerFormat(_format_for(path), "w")
     except (ValueError, av.error.FFmpegError):

@@ -341,14 +341,25 @@ def exit_on_input_error(main):
     @functools.wraps(main)
     def wrapper(*a, **kw):
         from models import CheckpointError, UnknownCheckpoint
+        from pipeline.engine import DiskFull
         from pipeline.errors import InputError
         try:
             return main(*a, **kw)
         except (InputError, CheckpointError, UnknownCheckpoint) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except DiskFull as e:
+            print(f"error: {e}; finished work is kept: free space and rerun", file=sys.stderr)
+            return 1
         except RayUnavailable as e:
             print(f"error: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            from pipeline.engine import disk_full
+            full = disk_full(e)
+            if full is None:
+                raise
+            print(f"error: {full}; finished work is kept: free space and rerun", file=sys.stderr)
             return 1
         except Exception as e:  # noqa: BLE001
             if not type(e).__module__.startswith("ray."):

@@ -614,8 +614,8 @@ class _Scheduler:
             r.setdefault("settings", self.job.settings)
         try:
             m.append(rows, durable=durable)
-        except TypeError:      # a manifest without buffering
-            m.append(rows)
+        except OSError as e:
+            raise (disk_full(e) or e) from None
 
     def _entry_row(self, e: Entry, **kw) -> dict:
         row = {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,

@@ -21,7 +21,7 @@ checkpoint), so a resumed run continues the same sequence.
 """
 from __future__ import annotations
 
-import io
+import fractions
 import math
 from dataclasses import dataclass
 
@@ -90,24 +90,31 @@ def encode_video_frame(x: np.ndarray, codec: str = "libx264", crf: int = 30,
     frame: `x` rolled by `shift`) and return the decoded P-frame, uint8 RGB."""
     import av
     h, w = x.shape[:2]
+    # libx265 corrupts its heap on frames under one 64x64 CTU: pad small frames, crop the result
+    ph, pw = max(0, 64 - h), max(0, 64 - w)
+    if ph or pw:
+        x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < h and pw < w else "edge")
     first = np.roll(x, shift, axis=(0, 1))
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="matroska") as out:
-        st = out.add_stream(codec, rate=25)
-        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        opts = {"crf": str(int(crf)), "preset": "ultrafast"}
-        if codec == "libx265":
-            opts["x265-params"] = "log-level=none:pools=none:frame-threads=1:lookahead-slices=0"
-        st.options = opts
-        for a in (first, x):
-            for pkt in st.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")):
-                out.mux(pkt)
-        for pkt in st.encode():
-            out.mux(pkt)
-    buf.seek(0)
-    with av.open(buf, "r") as inp:
-        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
-    return frames[-1]
+    enc = av.CodecContext.create(codec, "w")            # no container: nothing to mux, no timestamps to guess
+    enc.width, enc.height, enc.pix_fmt = x.shape[1], x.shape[0], "yuv420p"
+    enc.time_base, enc.framerate = fractions.Fraction(1, 25), fractions.Fraction(25, 1)
+    opts = {"crf": str(int(crf)), "preset": "ultrafast"}
+    if codec == "libx265":
+        opts["x265-params"] = "log-level=none:pools=none:frame-threads=1:lookahead-slices=0"
+    enc.options = opts
+    packets = []
+    for i, a in enumerate((first, x)):
+        fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24").reformat(format="yuv420p")
+        fr.pts = i
+        packets += enc.encode(fr)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create("hevc" if codec == "libx265" else "h264", "r")
+    if enc.extradata:
+        dec.extradata = enc.extradata
+    frames = []
+    for pkt in packets + [None]:
+        frames += [f.to_ndarray(format="rgb24") for f in dec.decode(pkt)]
+    return frames[-1][:h, :w]
 
 
 def _video(x: np.ndarray, gen: torch.Generator, d: RealDegradation) -> np.ndarray:
@@ -120,10 +127,6 @@ def _video(x: np.ndarray, gen: torch.Generator, d: RealDegradation) -> np.ndarra
     crf = int(round(d.crf_range[0] + (d.crf_range[1] - d.crf_range[0]) * u[1]))
     shift = (int(u[2] * 7) - 3, int(u[3] * 7) - 3)
     u8 = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)[:he, :we]
-    # libx265 corrupts its heap on frames under one 64x64 CTU: reflect-pad small patches
-    ph, pw = max(0, 64 - he), max(0, 64 - we)
-    if ph or pw:
-        u8 = np.pad(u8, ((0, ph), (0, pw), (0, 0)), mode="reflect" if ph < he and pw < we else "edge")
     out = x.copy()
     import av
     try:

@@ -156,3 +156,22 @@ class DieUnlessShrunk(Operator):
         if self.level == 0 and len(batch["index"]) and 10 <= int(batch["index"][0]) < 20:
             os.kill(os.getpid(), signal.SIGKILL)
         return dict(batch)
+
+
+class _DieOnce(_Collect):
+    """A writer whose process dies (as under Ray's memory monitor) at its first write of item
+    it1, once: a marker file says it already happened."""
+
+    def write(self, columns, meta):
+        import os
+        import signal
+        marker = os.path.join(self.dir, "writer-died")
+        if self.key == "it1" and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().write(columns, meta)
+
+
+class DyingWriterSink(CollectSink):
+    def open(self, item):
+        return _DieOnce(item.key, self.dir)

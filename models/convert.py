@@ -2,6 +2,7 @@
 key names, no pickle), after checking that it loads strictly into its architecture.
 
     rayscale-convert SRMDx4.mat srmd_x4.safetensors
+    rayscale-convert srmd_x3.param srmd_x3.safetensors     # ncnn pair (.bin beside it), fp16 -> fp32
     python -m models.convert DBPN_x4.pth dbpn_x4.safetensors [--arch dbpn]
 """
 from __future__ import annotations

@@ -314,8 +314,10 @@ def validate_model(model: str, weights: str | None = None, scale: int | None = N
         if weights is None and a.default is None:
             raise InputError(f"--model {model} needs --weights (a checkpoint file); models that need none: "
                              f"{', '.join(['bicubic', 'lanczos', *sorted(shipped)] + sorted(n for n in archs if archs[n].default))}")
-        if weights is None:
-            return  # a default network (ZSSR): nothing to read
+        if weights is None and model == "zssr":
+            return  # trained on the video itself: nothing to read
+        # others without weights load by name (the authors' SRMD from the [srmd] extra): built
+        # below, so a missing extra is one line here rather than inside an actor
     try:
         Upscaler(model, weights=weights, scale=scale, device="cpu", **{"precision": "fp32", **operator_kwargs})
     except (CheckpointError, models.UnknownCheckpoint):

@@ -102,8 +102,10 @@ def model_scale(model: str, weights: str | None, scale: int | None) -> int:
     from operators.upscale import INTERPOLATORS
     if model in INTERPOLATORS or model == "zssr":
         return int(scale or 2)
-    path = weights or models.shipped_weights().get(model) or model
-    return int(models.detect(path).scale)
+    path = weights or models.shipped_weights().get(model)
+    if path is None and model in models.architectures():      # by name, e.g. the authors' SRMD
+        return int(models.load(model, scale=scale)[1].scale)
+    return int(models.detect(path or model).scale)
 
 
 def _face_stages(args, upscale, model: str, device: str, gpus: float, threads, still: bool) -> list:

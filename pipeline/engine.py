@@ -574,6 +574,7 @@ class _ItemState:
         self.units = 0
         self.error: str | None = None
         self.failed: dict[str, str] = {}
+        self.warnings: list[str] = []
         self.t0 = time.perf_counter()
         self.slot_owner = slot_owner
 
@@ -683,13 +684,16 @@ class _Scheduler:
                 rows_out.append(self._entry_row(e, status="failed", error=msg))
                 continue
             res = dict(res)
-            self.summary.warnings.extend(res.pop("warnings", ()))
+            own = list(res.pop("warnings", ()))          # the entry's own (an image's write notes)
+            self.summary.warnings.extend(own)
             self.summary.results[e.id] = res
             self.summary.entries += 1
             if res.get("incomplete"):
                 self.summary.incomplete.append(res["incomplete"])
+            # an item's warnings (estimated degradation, repeated frames) go with each of its entries
+            notes = "\n".join(dict.fromkeys(own + st.warnings)) or None
             rows_out.append(self._entry_row(e, status="done", seconds=seconds / max(1, len(item.entries)),
-                                            **{k: v for k, v in res.items() if k != "incomplete"}))
+                                            notes=notes, **{k: v for k, v in res.items() if k != "incomplete"}))
         self._manifest(rows_out, durable=True)
 
     def _retry(self, st: _ItemState) -> bool:
@@ -739,6 +743,7 @@ class _Scheduler:
         self.summary.last_write = now
         self.bar.update(n)
         self.summary.warnings.extend(r["warnings"])
+        st.warnings.extend(r["warnings"])
         for k, v in r["timings"].items():
             self.summary.stage_seconds[k] = self.summary.stage_seconds.get(k, 0) + v
 

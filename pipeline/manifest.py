@@ -56,6 +56,7 @@ SCHEMA = pa.schema([
     ("psnr_bicubic", pa.float64()),
     ("ssim_bicubic", pa.float64()),
     ("error", pa.string()),
+    ("notes", pa.string()),         # the item's warnings, one per line (estimated degradation, repeated frames)
     ("attempts", pa.int64()),       # attempts so far, this one included; written by the engine
     ("run", pa.string()),           # run id of the writer
     ("updated", pa.timestamp("us")),  # UTC

@@ -81,3 +81,25 @@ def test_sftgan_route_on_video_keeps_timestamps_and_audio(tmp_path):
     assert (info.width, info.height) == (192, 128) and info.frame_count == 12
     assert times(str(out)) == times(src)
     assert packets(str(out), "audio") == packets(src, "audio")
+
+
+def test_estimated_degradation_is_printed_and_kept_in_the_manifest(tmp_path, capsys):
+    import models
+    from pipeline.manifest import Manifest
+    try:
+        models.load("srmd", scale=2)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"the authors' SRMD weights are not installed ({e})")
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    hr = np.asarray(Image.open(shared_path("data", "Set5", "HR", "butterfly.png")).convert("RGB")).astype(float)
+    noisy = np.clip(hr[::2, ::2] + rng.normal(0, 10, hr[::2, ::2].shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(src / "noisy.png")
+    assert upscale_images.main([str(src), str(tmp_path / "out"), "--model", "srmd", "--scale", "2",
+                                "--noise", "auto", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated degradation" in out
+    notes = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()["noisy.png"]["notes"]
+    level = float(notes.split("noise ")[1].split("/")[0])
+    assert 6 < level < 14, notes                       # 10/255 was added

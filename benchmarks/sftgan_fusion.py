@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--fused-actors", type=int, default=2,
                     help="actors of the fused pool (default 2: as many threads in all as the unfused run's two pools)")
     ap.add_argument("--unfused-actors", type=int, default=1, help="actors per pool when unfused")
+    ap.add_argument("--abba", action="store_true", help="run fused, unfused, unfused, fused and average")
     ap.add_argument("--full", action="store_true", help="published widths instead of the tests' small ones")
     args = ap.parse_args()
     w, h = map(int, args.size.split("x"))
@@ -171,15 +172,20 @@ def main() -> None:
         sft, seg = make_checkpoints(work, args.full)
         clip = work / "pan.mp4"
         make_clip(clip, args.frames, w, h)
-        fused = run_job(clip, work / "fused.mp4", sft, seg, args.batch_size, args.threads, True, args.fused_actors)
-        unfused = run_job(clip, work / "unfused.mp4", sft, seg, args.batch_size, args.threads, False,
-                          args.unfused_actors)
+        # ABBA order (fused, unfused, unfused, fused) with --abba: a shared machine's load drifts
+        runs: dict[bool, list[dict]] = {True: [], False: []}
+        for k, fuse in enumerate((True, False, False, True) if args.abba else (True, False)):
+            runs[fuse].append(run_job(clip, work / f"out{k}.mp4", sft, seg, args.batch_size, args.threads, fuse,
+                                      args.fused_actors if fuse else args.unfused_actors))
+        fused, unfused = ({"fps": np.mean([r["fps"] for r in rs]), "steady": np.mean([r["steady"] for r in rs]),
+                           "wall": np.mean([r["wall"] for r in rs]), "stages": " / ".join(r["stages"] for r in rs)}
+                          for rs in (runs[True], runs[False]))
         b = crossing_bytes(clip, sft, seg, args.batch_size, args.threads)
         MiB = 1 << 20
         n = b["frames"]
         print(f"{n} frames {w}x{h} -> {4 * w}x{4 * h}, {'published' if args.full else 'small (tests)'} widths, "
               f"batch {args.batch_size}, {args.threads} torch thread(s) per actor, fused: {args.fused_actors} actor(s), "
-              f"unfused: {args.unfused_actors} per pool")
+              f"unfused: {args.unfused_actors} per pool{', mean of 2 runs each (ABBA)' if args.abba else ''}")
         print(f"{'':28s} {'fused':>10s} {'unfused':>10s}  ratio fused/unfused")
         print(f"{'frames/s, end to end':28s} {fused['fps']:10.3f} {unfused['fps']:10.3f}  {fused['fps'] / unfused['fps']:.2f}")
         print(f"{'frames/s, steady':28s} {fused['steady']:10.3f} {unfused['steady']:10.3f}  "

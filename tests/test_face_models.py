@@ -58,7 +58,7 @@ def test_face_x8_beats_bicubic_on_celeba():
     for hr, lr8_file in pairs:
         sr = _sr("rayscale-face-x8", degrade(hr, 8))
         gain.append(psnr_y(sr, hr, 8) - psnr_y(lr8_file, hr, 8))   # vs the authors' bicubic input
-    assert np.mean(gain) > 1.0, gain
+    assert np.mean(gain) > 1.5, gain                  # measured +2.1 dB on these 8 (500: +1.8)
 
 
 def test_face_x4_beats_bicubic_and_general_model_on_celeba():
@@ -70,8 +70,8 @@ def test_face_x4_beats_bicubic_and_general_model_on_celeba():
         face.append(psnr_y(_sr("rayscale-face-x4", lr), hr64, 4))
         general.append(psnr_y(_sr("rayscale-x4", lr), hr64, 4))
         bic.append(psnr_y(imresize(lr, 4).clamp(0, 1), hr64, 4))
-    assert np.mean(face) > np.mean(bic) + 1.5, (np.mean(face), np.mean(bic))
-    assert np.mean(face) > np.mean(general) + 0.3, (np.mean(face), np.mean(general))
+    assert np.mean(face) > np.mean(bic) + 2.0, (np.mean(face), np.mean(bic))          # measured +2.45
+    assert np.mean(face) > np.mean(general) + 0.4, (np.mean(face), np.mean(general))  # measured +0.59
 
 
 # ---------------------------------------------------------------------------------------- data

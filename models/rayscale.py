@@ -6,7 +6,8 @@ net runs ~15 fps and a reduced RDN ~2.4 fps. The design sits in between and is E
 (Lim et al. 2017, Fig. 3) shrunk to a few residual blocks, with two cheap-model tricks:
 
 - all convolutions run at LR resolution; upsampling is a sub-pixel conv (ESPCN, Shi et al. 2016):
-  one x2 or x3 pixel-shuffle stage, or two x2 stages for x4 (conv C->4C, shuffle, ReLU);
+  one x2 or x3 pixel-shuffle stage, or two / three x2 stages for x4 / x8 (conv C->4C, shuffle,
+  ReLU; x8 is for 16x16 faces: models/weights/README.md);
 - a global residual over a bicubic upsample of the input, so the net only learns the missing
   high frequencies (VDSR's insight) and starts from bicubic quality -- important for short
   CPU trainings.

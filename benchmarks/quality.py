@@ -142,6 +142,16 @@ class AuthorsSRMD:
         return (y.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def score(fn, data, s: int) -> tuple[float, float, int, float]:
+    """Mean PSNR-Y and SSIM-Y of `fn` over (name, lr, hr, grey) pairs, their count and the seconds taken."""
+    ps, ss, t0 = [], [], time.perf_counter()
+    for _, lr, hr, grey in data:
+        p, q = y_metrics(fn(lr), hr, s, grey)
+        ps.append(p)
+        ss.append(q)
+    return float(np.mean(ps)), float(np.mean(ss)), len(data), time.perf_counter() - t0
+
+
 def run_srmd(sets, scales, limit, log=print) -> dict:
     """{(set, scale): {"SRMD": (psnr, ssim, n, s), "SRMDNF": ...}} on the bicubic LR sets."""
     results: dict = {}
@@ -151,12 +161,7 @@ def run_srmd(sets, scales, limit, log=print) -> dict:
             data = pairs(set_name, s, limit)
             row = {}
             for mname, net in nets.items():
-                ps, ss, t0 = [], [], time.perf_counter()
-                for _, lr, hr, grey in data:
-                    p, q = y_metrics(net(lr), hr, s, grey)
-                    ps.append(p)
-                    ss.append(q)
-                row[mname] = (float(np.mean(ps)), float(np.mean(ss)), len(data), time.perf_counter() - t0)
+                row[mname] = score(net, data, s)
                 log(f"{set_name} x{s} {mname}: {row[mname][0]:.2f} dB / {row[mname][1]:.4f} ({len(data)} images)")
             results[(set_name, s)] = row
     return results
@@ -283,12 +288,7 @@ def run_real(scales, bsd_last: int, log=print) -> dict:
                 methods.append(("SRMD (estimated)", srmd_est))
             row = {}
             for mname, fn in methods:
-                ps, ss, t0 = [], [], time.perf_counter()
-                for _, lr, hr, grey in data:
-                    p, q = y_metrics(fn(lr), hr, s, grey)
-                    ps.append(p)
-                    ss.append(q)
-                row[mname] = (float(np.mean(ps)), float(np.mean(ss)), len(data), time.perf_counter() - t0)
+                row[mname] = score(fn, data, s)
                 log(f"{set_name} x{s} {mname}: {row[mname][0]:.2f} dB / {row[mname][1]:.4f} ({len(data)} images)")
             results[(set_name, s)] = row
     return results

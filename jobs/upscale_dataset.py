@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from jobs.common import add_ray_args, connect_ray, default_model, exit_on_input_error  # noqa: E402
+from jobs.common import add_ray_args, connect_ray, exit_on_input_error  # noqa: E402
 from jobs.stages import add_compute_args, add_model_args, build_stages  # noqa: E402
-from jobs.upscale_images import (add_image_args, check_paths, print_summary, run_images,  # noqa: E402
-                                 settings_hash, state_dir, validate_models, write_quality_report)
+from jobs.upscale_images import (add_image_args, prepare, print_summary, run_images,  # noqa: E402
+                                 settings_hash, state_dir, write_quality_report)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,9 +86,7 @@ def main(argv=None) -> int:
     from pipeline.listing import list_sources
     from pipeline.lock import JobLock
     from pipeline.manifest import Manifest
-    check_paths(args)
-    args.model = args.model or default_model(args.scale)
-    validate_models(args)
+    prepare(args)
     state_dir(args.dst).mkdir(parents=True, exist_ok=True)
     with JobLock(state_dir(args.dst) / "job", what="rayscale run on this DST"):
         files = list_sources(args.src, exclude=[args.dst])

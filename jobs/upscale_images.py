@@ -190,9 +190,9 @@ def write_quality_report(args, summary, manifest, settings, report_dir: Path) ->
 def _crop_loader(args):
     """item -> (bicubic, output, reference) arrays, for the crops figure."""
     def load(row):
-        import cv2
         from models.imresize import imresize
         from pipeline.imageio import read_image
+        from pipeline.metrics import bicubic
         out = read_image(row["output"]).rgb
         if args.downscale:
             hr = read_image(row["path"]).rgb
@@ -202,8 +202,8 @@ def _crop_loader(args):
         else:
             hr = read_image(Path(args.reference) / row["item"]).rgb
             lr = read_image(row["path"]).rgb
-        bic = cv2.resize(lr, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
-        return bic, out, hr[:out.shape[0], :out.shape[1]]
+        bic = bicubic(lr, round(out.shape[0] / lr.shape[0]))     # the baseline psnr_bicubic measures
+        return bic[:out.shape[0], :out.shape[1]], out, hr[:out.shape[0], :out.shape[1]]
     return load
 
 
@@ -228,14 +228,19 @@ def print_summary(summary, log=print) -> None:
         log(line)
 
 
+def prepare(args) -> None:
+    """Everything the image and dataset jobs check before Ray starts (one line each)."""
+    check_paths(args)
+    args.model = args.model or default_model(args.scale)
+    validate_models(args)
+
+
 @exit_on_input_error
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pipeline.listing import list_sources
     from pipeline.lock import JobLock
-    check_paths(args)
-    args.model = args.model or default_model(args.scale)
-    validate_models(args)
+    prepare(args)
     files = list_sources(args.src, exclude=[args.dst])
     if args.dry_run:
         outputs = plan_files(args, files)

@@ -529,7 +529,7 @@ def _op_class(factory):
     return factory
 
 
-def run(job: Job, pools: list[Pool] | None = None, scale: int | None = None) -> Summary:
+def run(job: Job) -> Summary:
     """Run a job to the end; returns the summary (failed entries listed, never raised)."""
     t_start = time.perf_counter()
     summary = Summary(unit=job.source.unit, item_name=job.source.item_name)
@@ -537,9 +537,7 @@ def run(job: Job, pools: list[Pool] | None = None, scale: int | None = None) -> 
     items = job.source.plan(set(done))
     summary.reused = len(done)
     summary.results.update({k: dict(v) for k, v in done.items()})
-    own_pools = pools is None
-    if pools is None:
-        pools, scale = start_pools(job)
+    pools, scale = start_pools(job)
     total = job.source.total_units()
     summary.units = sum(int(v.get("frames") or 0) for v in done.values()) if job.source.unit == "frame" \
         else len(done)
@@ -553,9 +551,8 @@ def run(job: Job, pools: list[Pool] | None = None, scale: int | None = None) -> 
     finally:
         if bar is not None:
             bar.close()
-        if own_pools:
-            for p in pools:
-                p.kill()
+        for p in pools:
+            p.kill()
         if job.manifest is not None and hasattr(job.manifest, "flush"):
             job.manifest.flush()
     t0 = time.perf_counter()
@@ -566,7 +563,7 @@ def run(job: Job, pools: list[Pool] | None = None, scale: int | None = None) -> 
 
 
 class _ItemState:
-    def __init__(self, item: Item, writer, gen, slot_owner):
+    def __init__(self, item: Item, writer, gen):
         self.item, self.writer, self.gen = item, writer, gen
         self.acks: set = set()
         self.decoded = False
@@ -576,7 +573,6 @@ class _ItemState:
         self.failed: dict[str, str] = {}
         self.warnings: list[str] = []
         self.t0 = time.perf_counter()
-        self.slot_owner = slot_owner
 
 
 class _Scheduler:
@@ -630,7 +626,7 @@ class _Scheduler:
         for p in self.pools:
             p.bind(item.key)
         gen = self.read_task.remote(self.reader, item)
-        self.active[item.key] = _ItemState(item, writer, gen, None)
+        self.active[item.key] = _ItemState(item, writer, gen)
         self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
         for e in item.entries:
             self._item_of[e.id] = item.key

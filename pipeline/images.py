@@ -163,7 +163,6 @@ class _GroupWriter(engine.ItemWriter):
             alpha = columns.get("alpha")
             a = None if alpha is None else upscale_alpha(alpha[i], self.scale, (rgb.shape[1], rgb.shape[0]))
             out = self.outputs[rel]
-            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 write_image(out, rgb, a, pic, format=self.opts.format, quality=self.opts.quality,

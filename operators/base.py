@@ -38,9 +38,15 @@ def take(batch: Batch, sel) -> Batch:
     return {k: v[sel] for k, v in batch.items()}
 
 
+def _pad(c: np.ndarray, shape: tuple, fill) -> np.ndarray:
+    out = np.full((len(c),) + shape, fill, c.dtype)
+    out[(slice(None),) + tuple(slice(0, d) for d in c.shape[1:])] = c
+    return out
+
+
 def concat(batches: list[Batch]) -> Batch:
     """Rows of several batches with the same columns, in order. Per-face columns (N,K,...) with
-    different K are padded with zeros (-1 for `faces_track`) to the largest K."""
+    different K (or patch sides) are padded with zeros (-1 for `faces_track`) to the largest."""
     batches = [b for b in batches if b and rows(b)]
     if not batches:
         return {}
@@ -48,9 +54,8 @@ def concat(batches: list[Batch]) -> Batch:
     for k in batches[0]:
         cols = [b[k] for b in batches]
         if cols[0].ndim >= 2 and k.startswith("faces_"):
-            kmax = max(c.shape[1] for c in cols)
+            shape = tuple(max(c.shape[d] for c in cols) for d in range(1, cols[0].ndim))
             fill = -1 if k == "faces_track" else 0
-            cols = [np.concatenate([c, np.full((c.shape[0], kmax - c.shape[1]) + c.shape[2:], fill, c.dtype)], 1)
-                    if c.shape[1] < kmax else c for c in cols]
+            cols = [c if c.shape[1:] == shape else _pad(c, shape, fill) for c in cols]
         out[k] = np.concatenate(cols)
     return out

@@ -70,23 +70,85 @@ def test_identity_paste_is_seamless_and_in_place(s):
     b["frames"] = bg = bicubic(lr[None], s)
     out = FacePaste(s)(dict(b))["frames"][0]
     d = np.abs(out.astype(np.float64) - bg[0]) / 257
-    assert d.max() <= 2.0 and "faces_crops" not in FacePaste(s)(dict(b))
+    # only the Lab round trip of colour matching is left: half a 16-bit-to-8-bit level
+    assert d.max() <= 0.6 and "faces_crops" not in FacePaste(s)(dict(b)) and "faces_lr" not in out
     assert (d[~face_regions(SMALL_FACE["faces_box"][0], s, out.shape, 3.0)] == 0).all()
-    # the same with the face put back half an LR pixel off: the test sees it
-    b["faces_affine"] = b["faces_affine"].copy()
-    b["faces_affine"][..., 0, 2] += 0.5 * np.sqrt(np.linalg.det(b["faces_affine"][0, 0, :, :2]))
-    off = np.abs(FacePaste(s)(dict(b))["frames"][0].astype(np.float64) - bg[0]) / 257
-    assert off.max() > 3.0
+
+
+def turned(points: np.ndarray, degrees: float) -> np.ndarray:
+    """Landmarks turned about the nose tip."""
+    pts, t = points.astype(np.float64), np.radians(degrees)
+    return (pts - pts[2]) @ np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) + pts[2]
+
+
+@pytest.mark.parametrize("s", [2, 4])
+@pytest.mark.parametrize("tilt", [0, 30])
+def test_face_detail_lands_where_the_lr_landmark_is(s, tilt):
+    """A face model that adds a small dot at the nose's place in its crop: the pasted dot's centre
+    must be the nose's HR position s (x + 0.5) - 0.5 (half an LR pixel off would be s/2 HR px),
+    for a native crop (upright) and a similarity (tilted 30 degrees)."""
+    lr = smooth_frame()
+    lm = turned(SMALL_FACE["faces_landmarks"][0, 0], tilt)[None, None].astype(np.float32)
+    b = FaceSR("identity", scale=4)(FaceAlign(crop_size=32)({"frames": lr[None], **SMALL_FACE, "faces_landmarks": lm}))
+    assert (b["faces_affine"][0, 0, :, :2] == np.eye(2)).all() == (tilt == 0)
+    nose = SMALL_FACE["faces_landmarks"][0, 0, 2].astype(np.float64)
+    u, v = b["faces_affine"][0, 0].astype(np.float64) @ [nose[0], nose[1], 1.0]    # in crop pixels
+    yy, xx = np.mgrid[0:128, 0:128]
+    dot = 6000 * np.exp(-((xx - (4 * u + 1.5)) ** 2 + (yy - (4 * v + 1.5)) ** 2) / (2 * 2.0 ** 2))
+    restored = b["faces_restored"].astype(np.float64)
+    restored[0, 0] += dot[..., None]
+    b["faces_restored"] = np.round(restored).astype(np.uint16)
+    b["frames"] = bg = bicubic(lr[None], s)
+    out = FacePaste(s, color="none")(dict(b))["frames"][0]
+    diff = np.clip(out.astype(np.float64) - bg[0], 0, None).sum(-1)
+    assert diff.max() > 1000
+    w = diff / diff.sum()
+    hy, hx = np.mgrid[0:diff.shape[0], 0:diff.shape[1]]
+    centre = np.array([(w * hx).sum(), (w * hy).sum()])
+    assert np.abs(centre - (s * (nose + 0.5) - 0.5)).max() < 0.15 * s
+
+
+def test_upright_small_faces_are_cut_at_native_pixels_and_tilted_ones_aligned():
+    """An upright face in the models' zoom range is cut by a whole-pixel shift (the crop is the LR
+    pixels themselves); the same face tilted 30 degrees gets the similarity onto the template."""
+    lr = group_lr()
+    b = FaceAlign(crop_size=16)(FaceDetector()({"frames": lr[None]}))
+    for j in range(4):
+        m = b["faces_affine"][0, j]
+        assert (m[:, :2] == np.eye(2)).all() and (m[:, 2] == np.round(m[:, 2])).all()
+        tx, ty = -int(m[0, 2]), -int(m[1, 2])
+        x0, y0, x1, y1 = max(tx, 0), max(ty, 0), min(tx + 16, lr.shape[1]), min(ty + 16, lr.shape[0])
+        assert (b["faces_crops"][0, j][y0 - ty:y1 - ty, x0 - tx:x1 - tx] == lr[y0:y1, x0:x1]).all()
+    # the landmarks of SMALL_FACE turned 30 degrees about the nose: the similarity, tilt and all
+    pts = SMALL_FACE["faces_landmarks"][0, 0].astype(np.float64)
+    for lm, native in ((pts, True), (turned(pts, 30), False)):
+        b = FaceAlign(crop_size=16)({"frames": smooth_frame()[None], **SMALL_FACE,
+                                     "faces_landmarks": lm[None, None].astype(np.float32)})
+        m = b["faces_affine"][0, 0]
+        assert ((m[:, :2] == np.eye(2)).all()) == native
+        if not native:
+            assert abs(abs(np.degrees(np.arctan2(m[1, 0], m[0, 0]))) - 30) < 1
 
 
 def test_identity_on_a_real_photo():
+    """Identity face model on a real photo: the frame is the bicubic background everywhere (only
+    the model's detail is pasted, so nothing is resampled twice)."""
     lr = group_lr()
     out, bg = route(lr)
-    assert out["faces_count"].tolist() == [4]
+    assert out["faces_count"].tolist() == [4] and (np.abs(out["faces_affine"][0, :4]).max((-1, -2)) > 0).all()
     d = np.abs(out["frames"][0].astype(int) - bg.astype(int)).max(-1)
-    assert (d[~face_regions(out["faces_box"][0, :4], 4, bg.shape, 3.0)] == 0).all()    # untouched off the faces
-    # measured: max 4/255 on 0.04% of the pixels (edges resampled LR -> crop -> HR), mean 0.018/255
-    assert (d > 2).mean() < 1e-3 and d.max() <= 6 and d.mean() < 0.05
+    assert d.max() <= 2          # the issue's bound; measured: 0 everywhere
+
+
+def test_a_face_model_changes_only_the_faces_on_a_real_photo():
+    """A real face model (the shipped x4) restores the four faces and leaves the rest alone."""
+    lr = group_lr()
+    out, bg = route(lr, model="rayscale-face-x4", crop=16)
+    boxes = out["faces_box"][0, :4]
+    d = np.abs(out["frames"][0].astype(int) - bg.astype(int)).max(-1)
+    assert not (d > 0)[~face_regions(boxes, 4, bg.shape, 3.0)].any()
+    for box in boxes:
+        assert (d > 2)[face_regions(box[None], 4, bg.shape, 0.5)].mean() > 0.2
 
 
 @pytest.mark.parametrize("color", ["none", "lab"])
@@ -118,8 +180,10 @@ def test_alignment_puts_landmarks_on_the_template():
 
 
 def test_16px_face_found_and_restored():
-    """A real face reduced to 16 px wide in a 160x120 frame: found, restored by a real network
-    (the general rayscale-x4 stands in for the face model) and pasted."""
+    """A real face reduced to 16 px wide in a 160x120 frame: found, restored by the shipped face
+    model and pasted; the face region gets closer to the HR original than the bicubic background.
+    Measured: face model 25.37 dB vs bicubic 23.77 and the general rayscale-x4 on the crop 24.15
+    (a resampled crop with the whole face warped back, as before, scored 23.69)."""
     im = read_rgb("face_recognition", "obama-1080p.jpg")
     face = (874, 90, 1116, 421)                                    # the face, read off the photo
     s = 64 / (face[2] - face[0])                                   # HR face 64 px, LR 16 px
@@ -127,21 +191,23 @@ def test_16px_face_found_and_restored():
     hr = np.full((480, 640, 3), 90, np.uint8)
     hr[200:200 + hr_head.shape[0], 300:300 + hr_head.shape[1]] = hr_head
     lr = cv2.resize(hr, (160, 120), interpolation=cv2.INTER_AREA)
-    out, bg = route(lr, model="rayscale-x4", crop=16)
-    assert out["faces_count"].tolist() == [1]
-    box = out["faces_box"][0, 0]
-    assert 12 < box[2] - box[0] < 21
-    restored = out["faces_restored"][0, 0]
-    assert restored.shape == (64, 64, 3) and restored.std() > 10
-    region = face_regions(box[None], 4, bg.shape, 1.0)
-    changed = np.abs(out["frames"][0].astype(int) - bg.astype(int)).max(-1) > 2
-    assert changed[region].mean() > 0.5
 
-    def psnr(a):
+    def psnr(a, region):
         e = ((a[region].astype(np.float64) - hr[region]) ** 2).mean()
         return 10 * np.log10(255 ** 2 / e)
-    # a general model on a 16x16 crop of the face is no face model; it must not wreck the face
-    assert psnr(out["frames"][0]) > psnr(bg) - 1.5
+    scores = {}
+    for model in ("rayscale-face-x4", "rayscale-x4"):
+        out, bg = route(lr, model=model, crop=16)
+        assert out["faces_count"].tolist() == [1]
+        box = out["faces_box"][0, 0]
+        assert 12 < box[2] - box[0] < 21
+        restored = out["faces_restored"][0, 0]
+        assert restored.shape == (64, 64, 3) and restored.std() > 10
+        region = face_regions(box[None], 4, bg.shape, 1.0)
+        scores[model], scores["bicubic"] = psnr(out["frames"][0], region), psnr(bg, region)
+    assert scores["rayscale-face-x4"] > scores["bicubic"] + 1.0
+    assert scores["rayscale-face-x4"] > scores["rayscale-x4"] + 0.7
+    assert scores["rayscale-x4"] > scores["bicubic"]      # a general model on the crop does not wreck it
 
 
 class Bicubic:
@@ -206,7 +272,7 @@ def test_faces_too_large_for_the_face_model_are_left_to_the_background():
 
 def test_colour_matching_removes_a_face_model_colour_cast():
     lr = group_lr()
-    b = FaceSR("identity", scale=4)(FaceAlign(crop_size=32)(FaceDetector()({"frames": lr[None]})))
+    b = FaceSR("identity", scale=4)(FaceAlign(crop_size=16)(FaceDetector()({"frames": lr[None]})))
     bg = bicubic(lr[None], 4)
     b["faces_restored"] = np.clip(b["faces_restored"].astype(int) + [40, -25, 15], 0, 255).astype(np.uint8)
     region = face_regions(b["faces_box"][0, :4], 4, bg.shape[1:], 1.0)
@@ -214,7 +280,7 @@ def test_colour_matching_removes_a_face_model_colour_cast():
     for color in ("none", "lab"):
         out = FacePaste(4, color=color)({**b, "frames": bg.copy()})["frames"][0]
         err[color] = np.abs(out[region].astype(int) - bg[0][region]).mean(0)     # per channel, on the faces
-    # measured: mean error per channel (26, 17, 10)/255 without matching, (1.3, 1.6, 0.5) with it
+    # measured: mean error per channel (31, 20, 12)/255 without matching, (2.0, 2.1, 0.4) with it
     assert err["none"].max() > 15 and err["lab"].max() < 3
 
 

@@ -132,6 +132,11 @@ class AuthorsSRMD:
         self.net, self.spec = models.load(variant, scale=scale)
         self.nf = variant == "srmdnf"
 
+    def sr(self, lr: np.ndarray, width: float, noise: float) -> np.ndarray:
+        """operators.estimate's SR callable: this SRMD with an isotropic kernel of `width`."""
+        from models.srmd import gaussian_kernel
+        return self(lr, gaussian_kernel(15, sigma=width), noise)
+
     def __call__(self, lr: np.ndarray, kernel=None, noise: float = 0.0) -> np.ndarray:
         import torch
         from models.srmd import bicubic_kernel, srmd_input
@@ -210,7 +215,7 @@ def run_srmd_degraded(set_name: str, scales, widths, noises, limit, log=print) -
                 for i, (hr, grey) in enumerate(hrs):
                     lr = srmd_degrade(hr, s, wd, nz, seed=i)
                     k = gaussian_kernel(15, sigma=wd)
-                    eb, en = estimate(lr, s)
+                    eb, en = estimate(lr, s, srmd.sr)
                     errs.append((eb - wd, en - nz))
                     acc["bicubic"].append(y_metrics(bicubic(lr, s), hr, s, grey))
                     acc["SRMD (true)"].append(y_metrics(srmd(lr, k, nz), hr, s, grey))
@@ -276,7 +281,7 @@ def run_real(scales, bsd_last: int, log=print) -> dict:
             srmd = None
 
         def srmd_est(lr):
-            eb, en = estimate(lr, s)
+            eb, en = estimate(lr, s, srmd.sr)
             return srmd(lr, gaussian_kernel(15, sigma=eb), en)
 
         for set_name, data in (("Set14 (real)", real_pairs("Set14", s)),

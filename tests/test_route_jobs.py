@@ -97,9 +97,11 @@ def test_estimated_degradation_is_printed_and_kept_in_the_manifest(tmp_path, cap
     noisy = np.clip(hr[::2, ::2] + rng.normal(0, 10, hr[::2, ::2].shape), 0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(src / "noisy.png")
     assert upscale_images.main([str(src), str(tmp_path / "out"), "--model", "srmd", "--scale", "2",
-                                "--noise", "auto", "--no-progress"]) == 0
+                                "--noise", "auto", "--blur", "auto", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "estimated degradation" in out
     notes = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()["noisy.png"]["notes"]
     level = float(notes.split("noise ")[1].split("/")[0])
     assert 6 < level < 14, notes                       # 10/255 was added
+    blur = float(notes.split("blur sigma ")[1].split(" ")[0])
+    assert 0.2 <= blur <= 0.9, notes                   # every other pixel, no blur: SRMD's narrowest

@@ -16,13 +16,14 @@ give no fit falls back to its box. Faces larger than the crop are sampled at an 
 of the crop size and reduced with INTER_AREA, so downscaled crops do not alias.
 
 Native crops: a face that is nearly upright (tilt <= `native_tilt`, 15 deg) at a zoom the face
-models were trained on (`native_zoom`, 0.7-2.5: the face neither too large for the crop nor lost
-in it) is cut at the frame's own pixels, shifted by whole pixels to
-the template's centre, instead of resampled onto the template. Why: resampling a 16 px face is a
-low-pass filter the face model never saw in training (its faces are at random places and zooms
-0.7-2.5, upright), and it cost 1.1 dB in the frame (benchmarks/face_paste_quality.py: 24.98 ->
-26.09 dB on 100 CelebA faces of 16 px); the native crop's detail also pastes back with no
-resampling. Tilted faces and large ones still get the full similarity.
+models were trained on (`native_zoom`, 0.7-2.5: neither too large for the crop nor lost in it) is
+cut at the frame's own pixels, shifted by whole pixels to the template's centre, instead of being
+resampled onto the template. Why: resampling a 16 px face is a low-pass filter the face model never
+saw in training (its faces are at random places and zooms, upright), and it cost 1.1 dB in the
+frame (benchmarks/face_paste_quality.py: 24.98 -> 26.09 dB on 100 CelebA faces of 16 px, same
+weights); the native crop's detail also pastes back with no resampling, and since the shift is
+the one paste uses, a face moving by a pixel between frames moves its detail with it (no jitter).
+Tilted faces and large ones still get the full similarity.
 
 Faces too large for the face model are left to the background upscale: when the crop would shrink
 the face below `min_zoom` (default 0.5: a face more than twice the size the model was trained on,

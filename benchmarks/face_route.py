@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks.video_job import run_video_job  # noqa: E402
 
 SHARED = Path(os.environ.get("RAYSCALE_SHARED", ROOT.parent / "shared"))
 FACE_FILES = ["gfpgan/cropped_faces/Adele_crop.png", "gfpgan/cropped_faces/Julia_Roberts_crop.png",
@@ -81,19 +81,8 @@ def cut(src: Path, dst: Path, frames: int) -> None:
 
 
 def run_job(clip: Path, out: Path, extra: list[str], threads: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "jobs" / "upscale_video.py"), str(clip), str(out), "--model", "rayscale-x4",
-           "--threads", str(threads), "--no-progress"] + extra
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"job failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
-    line = next(x for x in r.stdout.splitlines() if "wall:" in x)
-    m = re.search(r"frames: (\d+).*wall: ([\d.]+)s\s+([\d.]+) frames/s\s+\(steady ([\d.]+)", line)
-    stages = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)s", next(
-        (x.split(":", 1)[1] for x in r.stdout.splitlines() if "per stage" in x), ""))}
-    res = {"frames": int(m[1]), "wall": float(m[2]), "fps": float(m[3]), "steady": float(m[4]), "stages": stages,
-           "process_wall": wall, "notes": [x for x in r.stdout.splitlines() if x.startswith(("note", "warning"))]}
+    res = run_video_job([str(clip), str(out), "--model", "rayscale-x4", "--threads", str(threads)] + extra)
+    res["notes"] = [x for x in res.pop("lines") if x.startswith(("note", "warning"))]
     table = Path(str(out) + ".faces.parquet")
     if table.is_file():
         import pyarrow.parquet as pq

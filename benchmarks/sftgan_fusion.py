@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+
+from benchmarks.video_job import run_video_job  # noqa: E402
 import torch  # noqa: E402
 
 SEG_SMALL = dict(stem=(4, 4, 8), stage_blocks=(1, 1, 1, 1), stage_mid=(4, 6, 6, 8),
@@ -93,19 +92,11 @@ def make_clip(path: Path, frames: int, w: int, h: int) -> None:
 
 
 def run_job(clip: Path, out: Path, sft: str, seg: str, batch: int, threads: int, fuse: bool, actors: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "jobs" / "upscale_video.py"), str(clip), str(out), "--model", "sftgan",
-           "--weights", sft, "--seg-weights", seg, "--batch-size", str(batch), "--threads", str(threads),
-           "--actors", str(actors),
-           "--no-progress"] + ([] if fuse else ["--no-fuse"])
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"job failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    line = next(x for x in r.stdout.splitlines() if "wall:" in x)
-    m = re.search(r"wall: ([\d.]+)s\s+([\d.]+) frames/s\s+\(steady ([\d.]+)", line)
-    stages = next((x for x in r.stdout.splitlines() if "per stage" in x), "")
-    return {"process_wall": wall, "wall": float(m[1]), "fps": float(m[2]), "steady": float(m[3]), "stages": stages}
+    res = run_video_job([str(clip), str(out), "--model", "sftgan", "--weights", sft, "--seg-weights", seg,
+                         "--batch-size", str(batch), "--threads", str(threads), "--actors", str(actors)]
+                        + ([] if fuse else ["--no-fuse"]))
+    res["stages"] = res["stages_line"]
+    return res
 
 
 def envelope_bytes(columns: dict, meta: dict) -> int:

@@ -9,26 +9,28 @@ as noise).
 
 Blur (`blur_sigma`): SRMD in the loop. SRMD given too narrow a kernel leaves the image soft; given
 too wide a one it over-sharpens and rings. The sparsity of the output's Laplacian (L1/L2, after the
-normalised sparsity measure of Krishnan, Tay & Fergus, CVPR 2011) is lowest near the true width,
-so the width is the minimiser of that measure over SRMD's outputs for a grid of widths (a coarse
-grid, a fine one around its best, a parabola through the fine minimum) on the busiest 96x96 LR
-crop. The minimiser sits wide of the truth (more with noise), so a map of (minimiser, noise) to the
-width, quadratic in the one and linear in the other, is fitted by `calibrate_blur` on BSD100
-img_001..img_050 only (`_CALIB`); Set5, Set14 and BSD100 img_051..img_100 are what it is tested and
-benchmarked on. Cost: 15 SRMD runs on the crop per estimate (per image, or per shot of a video).
-Accuracy (benchmarks/README.md): mean PSNR loss against the true width 0.45 dB at x2, 0.29 at x4
-on the fit images; image content still moves it 0.1-0.4 px, which SRMD's sharp noise-free optimum
-at x2 turns into 1-3 dB on some images. It replaced a spectral (band-energy) estimator whose
-errors at the ends of the range cost 2-8.5 dB.
+normalised sparsity measure of Krishnan, Tay & Fergus, CVPR 2011) is lowest near the true width.
+SRMD runs on the busiest 96x96 LR crop at 22 widths spanning its range; the curve of that measure
+(where its minimum lies, and how it rises on either side) and the noise level go through a ridge
+map (`blur_map.json`) fitted by benchmarks/blur_corrector.py on T91, BSD100 img_001..img_050 and
+the Urban100 subset, with the penalty and a shift towards narrow widths chosen for the least PSNR
+loss by leave-sources-out cross-validation (a width read too wide costs SRMD several times what
+one read as much too narrow costs). Set5, Set14 and BSD100 img_051..img_100 are what it is tested
+and benchmarked on. Cost: 22 SRMD runs on the crop per estimate (per image, or per shot of a
+video). Accuracy: benchmarks/README.md. Image content (bokeh, smooth skin) still moves it by
+0.1 px or more, which SRMD's sharp noise-free optimum at x2 turns into 1 dB or more on some images.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
-__all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "calibrate_blur", "SIGMA_RANGE"]
+__all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "sparsity_curve", "blur_features",
+           "predict_blur", "feature_grid", "SIGMA_RANGE"]
 
 _PATCH = 7
 _MAX_PATCHES = 15000
@@ -121,8 +123,7 @@ def _luma(a: np.ndarray) -> np.ndarray:
 SR = Callable[[np.ndarray, float, float], np.ndarray]
 
 _CROP = 96
-_COARSE = 8        # coarse grid points over the search range
-_FINE = 7          # fine grid points over +-1 coarse step
+_GRID = 22         # widths per estimate: 0.1 HR px apart at x2
 
 
 def sparsity(img) -> float:
@@ -132,12 +133,12 @@ def sparsity(img) -> float:
     return float(np.abs(lap).sum() / max(np.sqrt((lap ** 2).sum()), 1e-12))
 
 
-def busiest_crop(img: np.ndarray, size: int = _CROP) -> np.ndarray:
-    """The size x size window (on a size/4 grid) with the most Laplacian energy: flat sky says
-    nothing about the blur."""
+def busiest_at(img: np.ndarray, size: int = _CROP) -> tuple[int, int, int]:
+    """(y, x, side) of the size x size window (on a size/4 grid) with the most Laplacian energy:
+    flat sky says nothing about the blur."""
     h, w = img.shape[:2]
     if h <= size and w <= size:
-        return img
+        return 0, 0, min(h, w)
     lap = np.abs(cv2.Laplacian(_luma(_as_float255(img)), cv2.CV_64F))
     ii = cv2.integral(lap)
     step = max(size // 4, 1)
@@ -148,84 +149,80 @@ def busiest_crop(img: np.ndarray, size: int = _CROP) -> np.ndarray:
             e = ii[y1, x1] - ii[y, x1] - ii[y1, x] + ii[y, x]
             if e > best:
                 best, at = e, (y, x)
-    y, x = at
-    return img[y:y + size, x:x + size]
+    return at[0], at[1], min(size, h, w)
 
 
-def raw_blur(img: np.ndarray, scale: int, sr: SR, noise: float = 0.0) -> float:
-    """The width (HR px) whose SRMD output has the sparsest Laplacian, before calibration."""
+def busiest_crop(img: np.ndarray, size: int = _CROP) -> np.ndarray:
+    if max(img.shape[:2]) <= size:
+        return img
+    y, x, c = busiest_at(img, size)
+    return img[y:y + c, x:x + c]
+
+
+def feature_grid(scale: int) -> np.ndarray:
+    """Widths SRMD is run at: its range and 15% above it (room for a minimum at the top)."""
     lo, hi = SIGMA_RANGE[int(scale)]
-    hi = hi * 1.15                       # room for a minimum at the top of SRMD's range
-    crop = np.ascontiguousarray(busiest_crop(img))
+    return np.linspace(lo, hi * 1.15, _GRID)
+
+
+def sparsity_curve(outs, scale: int) -> np.ndarray:
+    """`sparsity` of each SRMD output, its border (SRMD's receptive field) shaved."""
     shave = 4 * int(scale)
-
-    def measure(sig: float) -> float:
-        out = sr(crop, float(sig), float(noise))
-        return sparsity(out[shave:-shave, shave:-shave] if min(out.shape[:2]) > 4 * shave else out)
-    coarse = np.linspace(lo, hi, _COARSE)
-    i = int(np.argmin([measure(x) for x in coarse]))
-    step = coarse[1] - coarse[0]
-    fine = np.linspace(max(lo, coarse[i] - step), min(hi, coarse[i] + step), _FINE)
-    vals = np.array([measure(x) for x in fine])
-    j = int(np.argmin(vals))
-    if 0 < j < len(fine) - 1:
-        a, b, c = vals[j - 1:j + 2]
-        curv = a - 2 * b + c
-        if curv > 0:
-            return float(fine[j] + 0.5 * (a - c) / curv * (fine[1] - fine[0]))
-    return float(fine[j])
+    return np.array([sparsity(o[shave:-shave, shave:-shave] if min(o.shape[:2]) > 4 * shave else o)
+                     for o in outs])
 
 
-# sigma = c . (1, raw, raw^2, n, n raw), n = noise / 50: least squares by calibrate_blur on BSD100
-# img_001..img_050 with the authors' SRMD, leaving out minimisers at the top of the search (`python
-# benchmarks/blur_calibration.py` prints the fit and its errors).
-_CALIB = {2: (-0.0967, 1.0719, -0.0374, 0.1347, -0.4667),     # mean |error| on the fit images: 0.13 HR px
-          3: (0.1271, 0.5586, 0.1242, -0.0773, -0.4414),      # (noise-free: 0.05 at x2, 0.11 at x3,
-          4: (-0.034, 0.8764, -0.0114, -0.7797, 0.0332)}      # 0.24 at x4), 0.23 at x3, 0.48 at x4
+def blur_features(curve, noise, scale: int) -> np.ndarray:
+    """What the learned map reads: the curve's minimiser (parabola through the grid minimum), its
+    square, the noise and their product, and the whole curve's shape (log of curve / its minimum,
+    alone and times the noise): how steeply ringing sets in right of the minimum tells a blurred
+    image from one whose content is soft."""
+    c = np.asarray(curve, np.float64)
+    g = feature_grid(scale)
+    j = int(np.argmin(c))
+    r = g[j]
+    if 0 < j < len(c) - 1:
+        a, b, d = c[j - 1:j + 2]
+        if a - 2 * b + d > 0:
+            r = g[j] + 0.5 * (a - d) / (a - 2 * b + d) * (g[1] - g[0])
+    n = float(noise) / 50.0
+    shape = np.log(c / c.min())
+    return np.concatenate([[r, r * r, n, n * r], shape, shape * n])
 
 
-# A minimiser at the top of the search is unreliable (strong noise, or texture SRMD turns into
-# flat cartoon when told to sharpen a lot): there the estimate is a fixed 0.65 of SRMD's range,
-# the value with the least mean PSNR loss on those cases of the fit images (a width read too wide
-# costs SRMD far more than one read too narrow).
-_UNSURE, _FALLBACK = 0.9, 0.65
+_MAP_FILE = Path(__file__).with_name("blur_map.json")
+_MAP: dict | None = None
 
 
-def _terms(raw, n) -> np.ndarray:
-    raw, n = np.asarray(raw, np.float64), np.asarray(n, np.float64) / 50.0
-    return np.stack([np.ones_like(raw), raw, raw ** 2, n, n * raw], -1)
+def _blur_map(scale: int) -> dict:
+    global _MAP
+    if _MAP is None:
+        _MAP = {int(k): v for k, v in json.loads(_MAP_FILE.read_text())["scales"].items()}
+    return _MAP[int(scale)]
 
 
-def _calibrated(raw: float, noise: float, scale: int) -> float:
-    return float(_terms(raw, noise) @ np.asarray(_CALIB[int(scale)]))
+def predict_blur(features, scale: int) -> float:
+    """The learned map (`blur_map.json`, ridge regression fitted by benchmarks/blur_corrector.py),
+    less its shift: a width read too wide costs SRMD more than one read too narrow."""
+    m = _blur_map(scale)
+    z = (np.asarray(features, np.float64) - np.asarray(m["mean"])) / np.asarray(m["std"])
+    lo, hi = SIGMA_RANGE[int(scale)]
+    return float(np.clip(m["intercept"] + z @ np.asarray(m["coef"]) - m["shift"], lo, hi))
 
 
 def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
     """Width (HR pixels) of the Gaussian blur before the x`scale` bicubic downscale that made
-    `img`, clipped to SRMD's range for the scale; `sr` runs the SRMD the estimate is for.
+    `img`, within SRMD's range for the scale; `sr` runs the SRMD the estimate is for.
     Measured accuracy: tests/test_estimate.py, benchmarks/README.md."""
     if int(scale) not in SIGMA_RANGE:
         raise ValueError(f"no blur estimator for x{scale} (x2, x3, x4)")
-    lo, hi = SIGMA_RANGE[int(scale)]
     n = noise_sigma(img) if noise is None else float(noise)
-    raw = raw_blur(np.asarray(img), scale, sr, n)
-    if raw >= _UNSURE * hi * 1.15:
-        return _FALLBACK * hi
-    return float(np.clip(_calibrated(raw, n, scale), lo, hi))
+    crop = np.ascontiguousarray(busiest_crop(np.asarray(img)))
+    curve = sparsity_curve([sr(crop, float(g), n) for g in feature_grid(scale)], scale)
+    return predict_blur(blur_features(curve, n, scale), scale)
 
 
 def estimate(img, scale: int, sr: SR) -> tuple[float, float]:
     """(blur sigma in HR pixels, noise sigma on the 0-255 scale) of one LR frame."""
     n = noise_sigma(img)
     return blur_sigma(img, scale, sr, n), n
-
-
-def calibrate_blur(samples, scale: int, sr: SR) -> tuple[np.ndarray, np.ndarray]:
-    """Fit `_CALIB[scale]` from (LR uint8 image, true sigma, true noise) samples: returns the
-    coefficients and the rows (true sigma, noise, raw minimiser) they were fitted on. Minimisers at
-    the top of the search (strong noise can push them there) say little and are left out."""
-    rows = np.array([(sig, n, raw_blur(lr, scale, sr, n)) for lr, sig, n in samples])
-    top = SIGMA_RANGE[int(scale)][1] * 1.15
-    fit = rows[:, 2] < 0.98 * top
-    coef, *_ = np.linalg.lstsq(_terms(rows[fit, 2], rows[fit, 1]), rows[fit, 0], rcond=None)
-    return coef, rows

@@ -64,7 +64,7 @@ class AutoDegradation:
     A frame starts a new shot when its size changes or its luma histogram has moved from the last
     estimated frame's by more than SHOT_CUT (L1 distance of 32-bin histograms, 0..2): so each
     image of a photo batch gets its own estimate and a video's frames reuse their shot's, which
-    keeps the blur search (15 SRMD runs on a 96 px crop) to once per shot."""
+    keeps the blur search (22 SRMD runs on a 96 px crop) to once per shot."""
 
     SHOT_CUT = 0.25
 

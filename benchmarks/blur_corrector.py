@@ -77,9 +77,10 @@ def collect(scale: int, shard: tuple[int, int], per: int, out: Path) -> None:
             h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
             lr = srmd_degrade(hr[:h, :w], scale, sigma, noise, seed=int(rng.integers(1 << 30)))
             n_est = noise_sigma(lr)
-            y, x, c = busiest_at(lr)
-            crop = np.ascontiguousarray(lr[y:y + c, x:x + c])
-            hr_t = torch.from_numpy(hr[y * scale:(y + c) * scale, x * scale:(x + c) * scale].copy()).permute(2, 0, 1).float() / 255
+            y, x, ch, cw = busiest_at(lr)           # the crop blur_sigma searches on
+            crop = np.ascontiguousarray(lr[y:y + ch, x:x + cw])
+            hr_t = torch.from_numpy(hr[y * scale:(y + ch) * scale, x * scale:(x + cw) * scale].copy()
+                                    ).permute(2, 0, 1).float() / 255
             outs = [sr(crop, float(g), n_est) for g in grid]
 
             def score(o):

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.video_job import run_video_job  # noqa: E402
-import torch  # noqa: E402
 
 SEG_SMALL = dict(stem=(4, 4, 8), stage_blocks=(1, 1, 1, 1), stage_mid=(4, 6, 6, 8),
                  stage_out=(12, 16, 20, 24), head_mid=10, num_classes=8)

@@ -136,12 +136,12 @@ def sparsity(img) -> float:
     return float(np.abs(lap).sum() / max(np.sqrt((lap ** 2).sum()), 1e-12))
 
 
-def busiest_at(img: np.ndarray, size: int = _CROP) -> tuple[int, int, int]:
-    """(y, x, side) of the size x size window (on a size/4 grid) with the most Laplacian energy:
-    flat sky says nothing about the blur."""
+def busiest_at(img: np.ndarray, size: int = _CROP) -> tuple[int, int, int, int]:
+    """(y, x, height, width) of the size x size window (on a size/4 grid) with the most Laplacian
+    energy: flat sky says nothing about the blur. An image no larger than the window is the window."""
     h, w = img.shape[:2]
     if h <= size and w <= size:
-        return 0, 0, min(h, w)
+        return 0, 0, h, w
     lap = np.abs(cv2.Laplacian(_luma(_as_float255(img)), cv2.CV_64F))
     ii = cv2.integral(lap)
     step = max(size // 4, 1)
@@ -152,14 +152,12 @@ def busiest_at(img: np.ndarray, size: int = _CROP) -> tuple[int, int, int]:
             e = ii[y1, x1] - ii[y, x1] - ii[y1, x] + ii[y, x]
             if e > best:
                 best, at = e, (y, x)
-    return at[0], at[1], min(size, h, w)
+    return at[0], at[1], min(size, h), min(size, w)
 
 
 def busiest_crop(img: np.ndarray, size: int = _CROP) -> np.ndarray:
-    if max(img.shape[:2]) <= size:
-        return img
-    y, x, c = busiest_at(img, size)
-    return img[y:y + c, x:x + c]
+    y, x, ch, cw = busiest_at(img, size)
+    return img[y:y + ch, x:x + cw]
 
 
 def feature_grid(scale: int) -> np.ndarray:

@@ -1,14 +1,18 @@
 """What `--blur auto --noise auto` costs SRMD against the true degradation, on held-out images.
 
-BSD100 img_052..img_097 (every 5th; never used to calibrate the blur estimator), centre crops of
-240x240 HR (x2), each degraded by SRMD's model (Gaussian blur of width 0.6/1.2/1.8, MATLAB bicubic,
-AWGN 0 or 10; `benchmarks.quality.srmd_degrade`, byte for byte the tests' cv2 `_degrade`). The
-estimate's loss is the authors' SRMD PSNR-Y with the true (width, noise) minus that with the
-estimate (the first version read it off a 19-point PSNR curve, linear between grid points: 0.01-0.02
-dB pessimistic, and twice the SRMD runs). Prints the mean loss (all, noise-free, noisy), the worst,
-and the share within 0.3 dB. Needs the `[srmd]` extra and ../shared.
+BSD100 img_052..img_097 (every 5th; never used to fit any map), centre crops of 120 LR px where the
+image allows (240x240 HR at x2; 321x321 at x3 and 320x320 at x4: BSD100's short side is 321 px;
+before this was fixed the x3/x4 crops ran off the image and were 20-27 LR px strips), each degraded
+by SRMD's model (Gaussian blur, 3 widths per scale, MATLAB bicubic, AWGN 0 or 10;
+`benchmarks.quality.srmd_degrade`, byte for byte the tests' cv2 `_degrade`). The estimate's loss
+is the authors' SRMD PSNR-Y with the true (width, noise) minus that with the estimate as
+`operators.estimate.estimate` makes it: the blur searched with the R, G, B noise reading, SRMD told
+`told_noise`. `--weights` scores other shares of the R, G, B reading's excess beside it. Prints the
+mean loss (all, noise-free, noisy), the worst, and the share within 0.3 dB. Needs the `[srmd]`
+extra and ../shared.
 
     python benchmarks/blur_estimate.py --first 52 --last 97 --threads 1     # 24 SRMD runs a case
+    python benchmarks/blur_estimate.py --scale 4 --first 52 --last 97 --weights 0,0.25,0.5,1
 """
 from __future__ import annotations
 
@@ -31,20 +35,24 @@ def main(argv=None) -> None:
     ap.add_argument("--first", type=int, default=52)
     ap.add_argument("--last", type=int, default=97)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", default="", help="also score these shares of the R, G, B reading's excess "
+                    "told to SRMD (comma-separated; `noise_rgb_weight` in blur_map.json), side by side")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
     from models.training import psnr_y
-    from operators.estimate import blur_sigma, noise_sigma
+    from operators.estimate import estimate, noise_sigma, opponent_noise
     s = a.scale
+    weights = [float(v) for v in a.weights.split(",") if v]
     sr = AuthorsSRMD("srmd", s).sr
     widths = {2: (0.6, 1.2, 1.8), 3: (0.8, 1.6, 2.4), 4: (1.0, 2.0, 3.0)}[s]
     rows = []
     for i in range(a.first, a.last + 1, 5):
         hr = read_rgb(SHARED / "data" / "BSD100" / "HR" / f"img_{i:03d}.png")
         h, w = hr.shape[:2]
-        c = 120 * s // 2
-        hr = hr[h // 2 - c:h // 2 + c, w // 2 - c:w // 2 + c]
+        side = min(120 * s, min(h, w) // s * s)      # 120 LR px where the image allows (BSD100: 321 px short side)
+        y, x = (h - side) // 2, (w - side) // 2
+        hr = hr[y:y + side, x:x + side]
         for width in widths:
             for noise in (0.0, 10.0):
                 lr = srmd_degrade(hr, s, width, noise, seed=i)
@@ -52,17 +60,22 @@ def main(argv=None) -> None:
 
                 def score(wd, nz):
                     return psnr_y(torch.from_numpy(sr(lr, wd, nz)).permute(2, 0, 1).float() / 255, hr_t, s)
-                n = noise_sigma(lr)
-                est = blur_sigma(lr, s, sr, n)
-                loss = score(width, noise) - score(est, n)
-                rows.append((noise, loss, abs(est - width)))
-                print(f"img_{i:03d} width {width} noise {noise:g}: estimate {est:.2f} / {n:.1f}, loss {loss:.2f} dB",
+                reading, opp = noise_sigma(lr), opponent_noise(lr)
+                est, n = estimate(lr, s, sr)
+                truth = score(width, noise)
+                loss = truth - score(est, n)
+                alt = [truth - score(est, opp + wt * max(reading - opp, 0.0)) for wt in weights]
+                rows.append((noise, loss, abs(est - width), *alt))
+                print(f"img_{i:03d} width {width} noise {noise:g}: estimate {est:.2f} / {n:.1f} (read {reading:.1f}), "
+                      f"loss {loss:.2f} dB" + "".join(f"; weight {wt:g}: {v:.2f}" for wt, v in zip(weights, alt)),
                       flush=True)
     r = np.array(rows)
     for name, sel in (("all", r[:, 0] >= 0), ("noise-free", r[:, 0] == 0), ("noise 10", r[:, 0] > 0)):
         v = r[sel]
         print(f"{name}: mean loss {v[:, 1].mean():.2f} dB, worst {v[:, 1].max():.2f}, within 0.3 dB "
-              f"{(v[:, 1] <= 0.3).mean():.0%}, mean |width error| {v[:, 2].mean():.3f} HR px ({len(v)} cases)")
+              f"{(v[:, 1] <= 0.3).mean():.0%}, mean |width error| {v[:, 2].mean():.3f} HR px ({len(v)} cases)"
+              + "".join(f"; weight {wt:g}: mean {v[:, 3 + k].mean():.2f}, worst {v[:, 3 + k].max():.2f}, within 0.3 dB "
+                        f"{(v[:, 3 + k] <= 0.3).mean():.0%}" for k, wt in enumerate(weights)))
 
 
 if __name__ == "__main__":

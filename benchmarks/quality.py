@@ -281,7 +281,7 @@ def run_real(scales, bsd_last: int, log=print) -> dict:
             srmd = None
 
         def srmd_est(lr):
-            eb, en = estimate(lr, s, srmd.sr)
+            eb, en = estimate(lr, s, srmd.sr, lossy=True)       # fixed_lr ends in a 4:2:0 JPEG
             return srmd(lr, gaussian_kernel(15, sigma=eb), en)
 
         for set_name, data in (("Set14 (real)", real_pairs("Set14", s)),

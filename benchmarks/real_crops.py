@@ -61,7 +61,8 @@ def main(argv=None) -> int:
             else:
                 with warnings.catch_warnings(record=True) as w:
                     warnings.simplefilter("always")
-                    up = op({"frames": lr[None], "index": np.zeros(1, np.int64)})["frames"][0]
+                    # H.264 4:2:0 frames: the video source marks them lossy
+                    up = op({"frames": lr[None], "index": np.zeros(1, np.int64), "lossy": np.ones(1, bool)})["frames"][0]
                 for m in w:
                     print(f"{Path(clip).name}: {m.message}", file=sys.stderr)
             t = np.ascontiguousarray(up)

@@ -5,19 +5,26 @@ Noise (`noise_sigma`): Chen, Zhu & Heng, "An Efficient Statistical Method for Im
 Estimation" (ICCV 2015). The covariance of 7x7 patches has the noise variance as its small
 eigenvalues; the noise-only tail is the longest one whose mean equals its median. Estimated per
 channel and averaged; robust to texture where a wavelet MAD over-reads (it counts fine detail
-as noise).
+as noise), though fine texture still reads as 0.2-6/255 on clean images. `opponent_noise` reads it
+on the two opponent-colour channels instead, where grey edges and texture cancel and per-channel
+noise (SRMD's model) stays whole: under 0.4/255 on clean x2 images; not for lossy input, whose
+codec smoothed the colour but not the luma's noise (the `lossy` batch column). Beside an
+estimated width SRMD is told `told_noise`: the opponent reading plus a quarter of the R, G, B
+reading's excess, or for lossy input the R, G, B reading times a per-scale factor (2-4: the codec
+took the noise but left blocking SRMD only smooths when told more), both fitted by
+benchmarks/noise_blend.py.
 
 Blur (`blur_sigma`): SRMD in the loop. SRMD given too narrow a kernel leaves the image soft; given
 too wide a one it over-sharpens and rings. The sparsity of the output's Laplacian (L1/L2, after the
 normalised sparsity measure of Krishnan, Tay & Fergus, CVPR 2011) is lowest near the true width.
 SRMD runs on the busiest 96x96 LR crop at 22 widths spanning its range, and a per-scale ridge map
-(`blur_map.json`) reads the width off the curve of that measure and the noise level. At x2 the map
-reads the whole curve (where its minimum lies, and how steeply ringing sets in right of it), fitted
-by benchmarks/blur_corrector.py on T91, BSD100 img_001..img_050 and the Urban100 subset, with its
-penalty and a shift towards narrow widths chosen for the least PSNR loss (a width read too wide
-costs SRMD more than one read too narrow). At x3/x4 it reads the minimiser and noise alone (the
-calibration fitted on BSD100 img_001..img_050 before the learned map, which lost to it on held-out
-x4 images), with a fixed width where the minimiser sits at the top of the search. Set5, Set14 and
+(`blur_map.json`) reads the width off the curve of that measure and the noise level. At x2 and x4
+the map reads the whole curve (where its minimum lies, and how steeply ringing sets in right of it),
+fitted by benchmarks/blur_corrector.py on T91, BSD100 img_001..img_050 and the Urban100 subset, with
+its penalty and a shift towards narrow widths chosen for the least PSNR loss (a width read too wide
+costs SRMD more than one read too narrow). At x3 it reads the minimiser and noise alone (the
+calibration fitted on BSD100 img_001..img_050 before the learned maps), with a fixed width where
+the minimiser sits at the top of the search. Set5, Set14 and
 BSD100 img_051..img_100 are what it is tested and benchmarked on. Cost: 22 SRMD runs on the crop
 per estimate (per image, or per shot of a video). Accuracy: benchmarks/README.md. Image content
 (bokeh, smooth skin, facades) still moves it by 0.1 px or more, which SRMD's sharp noise-free
@@ -33,7 +40,7 @@ import cv2
 import numpy as np
 
 __all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "sparsity_curve", "blur_features",
-           "predict_blur", "feature_grid", "SIGMA_RANGE"]
+           "predict_blur", "feature_grid", "opponent_noise", "told_noise", "SIGMA_RANGE"]
 
 _PATCH = 7
 _MAX_PATCHES = 15000
@@ -212,9 +219,11 @@ def predict_blur(features, scale: int) -> float:
     f = np.asarray(features, np.float64)[:m["features"]]
     lo, hi = SIGMA_RANGE[int(scale)]
     if m.get("top") and f[0] >= m["top"][0]:
-        return float(m["top"][1])
-    z = (f - np.asarray(m["mean"])) / np.asarray(m["std"])
-    return float(np.clip(m["intercept"] + z @ np.asarray(m["coef"]) - m["shift"], lo, hi))
+        width = float(m["top"][1])
+    else:
+        z = (f - np.asarray(m["mean"])) / np.asarray(m["std"])
+        width = m["intercept"] + z @ np.asarray(m["coef"]) - m["shift"]
+    return float(np.clip(width, lo, hi))
 
 
 def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
@@ -229,7 +238,50 @@ def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
     return predict_blur(blur_features(curve, n, scale), scale)
 
 
-def estimate(img, scale: int, sr: SR) -> tuple[float, float]:
-    """(blur sigma in HR pixels, noise sigma on the 0-255 scale) of one LR frame."""
-    n = noise_sigma(img)
-    return blur_sigma(img, scale, sr, n), n
+_ROUNDING_VAR = 1.0 / 12      # variance of uint8 rounding, per channel, on the 0-255 scale
+_OPPONENT = np.array([[1, -1, 0], [1, 1, -2]]) / np.array([[np.sqrt(2)], [np.sqrt(6)]])
+
+
+def opponent_noise(img) -> float:
+    """The per-channel AWGN level (0-255 scale), as in SRMD's degradation model, read (Chen et al.,
+    as `noise_sigma`) on the two opponent-colour channels (R-G)/sqrt2 and (R+G-2B)/sqrt6, the
+    smaller of the two, less uint8 rounding.
+
+    Why: the opponent transform is orthonormal, so per-channel noise keeps its level there, while
+    edges and texture, mostly grey, cancel. `noise_sigma` on R, G, B counts fine texture as noise
+    (0.2-6/255 on clean x2-x4 LR images, and SRMD told noise 1.5 on a clean image smooths it by up
+    to 0.5 dB); the opponent reading is 0.1-0.9 there, most of it rounding. Blind to noise that is
+    the same in every channel: grey images fall back to `noise_sigma`, and lossy input (JPEG,
+    video: the codec smoothed the chroma and kept the luma's noise) must not come here
+    (`estimate(..., lossy=True)`)."""
+    a = _as_float255(img)
+    if a.ndim == 2 or a.shape[2] < 3 or min(a.shape[:2]) < 2 * _PATCH:
+        return noise_sigma(img)
+    if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]):
+        return noise_sigma(img)                  # grey: no colour to read the noise in
+    opp = a[:, :, :3] @ _OPPONENT.T
+    rng = np.random.default_rng(0)
+    r = min(_channel_noise(opp[:, :, c], rng) for c in range(2))
+    q = _ROUNDING_VAR if np.asarray(img).dtype == np.uint8 else 0.0
+    return float(np.sqrt(max(r * r - q, 0.0)))
+
+
+def told_noise(rgb: float, opponent: float, scale: int, lossy: bool = False) -> float:
+    """The noise level SRMD is told beside a `blur_sigma` width (`blur_map.json`, fitted by
+    benchmarks/noise_blend.py). Clean-codec input: the opponent reading plus the scale's share
+    (`noise_rgb_weight`) of what the R, G, B reading adds; the blur maps were fitted with SRMD told
+    the R, G, B reading, whose extra on textured images damps a width read too wide. Lossy input:
+    the R, G, B reading times `lossy_noise_factor`; the codec took most of the noise out but left
+    blocking and ringing that SRMD smooths only when told more noise than is left."""
+    m = _blur_map(scale)
+    if lossy:
+        return float(rgb * m.get("lossy_noise_factor", 1.0))
+    return float(opponent + m.get("noise_rgb_weight", 1.0) * max(rgb - opponent, 0.0))
+
+
+def estimate(img, scale: int, sr: SR, lossy: bool = False) -> tuple[float, float]:
+    """(blur sigma in HR pixels, noise level on the 0-255 scale to tell SRMD) of one LR frame; `lossy`:
+    it came through a lossy codec or subsampled chroma, so the noise is read on R, G, B only."""
+    rgb = noise_sigma(img)
+    opp = rgb if lossy else opponent_noise(img)
+    return blur_sigma(img, scale, sr, rgb), told_noise(rgb, opp, scale, lossy)

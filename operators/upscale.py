@@ -59,7 +59,10 @@ class AutoDegradation:
     """`--blur auto` / `--noise auto`: estimate (operators/estimate.py) the blur width and noise
     level of each shot, set SRMD's degradation map for its frames, report each estimate (a warning
     line) and store what was applied as the `degradation` column: (N, 2) float32 [blur sigma in HR
-    px, noise on the 0-255 scale] (noise: the estimate, also for SRMDNF, which takes none).
+    px, noise on the 0-255 scale] (noise: the estimate, also for SRMDNF, which takes none). The
+    noise is read on the opponent-colour channels (`estimate.opponent_noise`), or on R, G, B where the
+    batch's `lossy` column marks the shot's first frame (JPEG, lossy video: chroma smoothed); beside
+    an estimated width SRMD is told `estimate.told_noise`.
 
     A frame starts a new shot where the batch's `shot_start` column says so (the image source: every
     file), else when its size changes or its luma histogram has moved from the last estimated
@@ -84,23 +87,27 @@ class AutoDegradation:
         self.set(blur, noise)
         return self.run(crop[None])[0]
 
-    def _estimate(self, frame: np.ndarray) -> tuple[float, float]:
-        from .estimate import blur_sigma, noise_sigma
-        d = self.d
-        noise = noise_sigma(frame) if d.get("noise") == AUTO else float(d.get("noise") or 0.0)
-        if d.get("sigma") == AUTO:
-            # SRMDNF takes no noise level: its search runs noise-free, on the frame as it is
-            blur = blur_sigma(frame, self.spec.scale, self._sr, 0.0 if self.nf else noise)
+    def _estimate(self, frame: np.ndarray, lossy: bool) -> tuple[float, float]:
+        from .estimate import blur_sigma, noise_sigma, opponent_noise, told_noise
+        d, s = self.d, self.spec.scale
+        auto_blur, auto_noise = d.get("sigma") == AUTO, d.get("noise") == AUTO
+        if auto_noise:
+            rgb = noise_sigma(frame)
+            opp = rgb if lossy else opponent_noise(frame)
         else:
-            blur = float(d.get("sigma") or 0.0)
-        what = [f"blur sigma {blur:.2f} HR px" if d.get("sigma") == AUTO else None,
-                f"noise {noise:.1f}/255" + (" (SRMDNF: not applied)" if self.nf else "")
-                if d.get("noise") == AUTO else None]
-        warnings.warn(f"{self.spec.variant} x{self.spec.scale}: estimated degradation: "
+            rgb = opp = float(d.get("noise") or 0.0)
+        # the blur search is steered by the R, G, B reading its maps were fitted on; SRMDNF takes no
+        # noise level: its search runs noise-free, on the frame as it is
+        blur = blur_sigma(frame, s, self._sr, 0.0 if self.nf else rgb) if auto_blur else float(d.get("sigma") or 0.0)
+        noise = told_noise(rgb, opp, s, lossy) if auto_blur and auto_noise else opp
+        what = [f"blur sigma {blur:.2f} HR px" if auto_blur else None,
+                f"noise {noise:.1f}/255" + (" (SRMDNF: not applied)" if self.nf else "") if auto_noise else None]
+        warnings.warn(f"{self.spec.variant} x{s}: estimated degradation: "
                       f"{', '.join(w for w in what if w)}", stacklevel=3)
         return blur, noise
 
-    def apply(self, frames: np.ndarray, shot_start: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, frames: np.ndarray, shot_start: np.ndarray | None = None,
+              lossy: np.ndarray | None = None) -> np.ndarray:
         """(N, 2) [blur, noise] for the frames, estimating at each new shot."""
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
@@ -108,7 +115,7 @@ class AutoDegradation:
             hist = np.histogram(lum, bins=32, range=(0, 255 if f.dtype == np.uint8 else 65535))[0] / lum.size
             if (self.ref is None or self.ref[1] != f.shape or np.abs(hist - self.ref[0]).sum() > self.SHOT_CUT
                     or (shot_start is not None and shot_start[i])):
-                self.ref = (hist, f.shape) + self._estimate(f)
+                self.ref = (hist, f.shape) + self._estimate(f, bool(lossy is not None and lossy[i]))
             out[i] = self.ref[2:]
         return out
 
@@ -167,7 +174,7 @@ class Upscaler:
             flag = INTERPOLATORS[self.model_name]
             up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
         else:
-            deg = self.auto.apply(frames, batch.get("shot_start")) if self.auto is not None else None
+            deg = self.auto.apply(frames, batch.get("shot_start"), batch.get("lossy")) if self.auto is not None else None
             if deg is None:
                 up = self._network(frames)
             else:                        # runs of frames with one degradation (a shot) share a call

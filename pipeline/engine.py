@@ -484,8 +484,8 @@ def start_pools(job: Job) -> tuple[list[Pool], int]:
             keep = None
             if job.sink.reads is not None:
                 later = {c for g in groups[k + 1:] for st in g for c in st.declared("reads")}
-                # the source's row identity and shot starts travel to the end (an upscaler may come late)
-                keep = tuple(sorted(later | set(job.sink.reads) | {"frames", "index", "pts", "shot_start"}))
+                # the source's row identity, shot starts and codec flag travel to the end (an upscaler may come late)
+                keep = tuple(sorted(later | set(job.sink.reads) | {"frames", "index", "pts", "shot_start", "lossy"}))
             pool = Pool(group, keep)
             pools.append(pool)
             d = pool.describe()

@@ -36,6 +36,7 @@ MIN_SIZE = 2                       # a 1x1 image cannot be upscaled by any of th
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
               ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+LOSSY_FORMATS = ("JPEG", "WEBP")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "LA;16")
 _ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
 _DEEP_FORMATS = ("PNG", "TIFF")     # hold 16 bits per channel
@@ -73,6 +74,12 @@ class Picture:
     @property
     def grayscale(self) -> bool:
         return self.mode in GRAY_MODES
+
+    @property
+    def lossy(self) -> bool:
+        """Decoded from a lossy codec, which smoothed the colour channels (WebP counts: Pillow does
+        not say whether a file is its lossless kind)."""
+        return self.format in LOSSY_FORMATS
 
     def without_pixels(self) -> "Picture":
         """The metadata alone (rgb/alpha None): what the sink needs beside the batch to write the

@@ -84,7 +84,8 @@ def read_group(item: Item, opts: ReadOptions):
             cols = {"frames": np.stack([c[1].rgb for c in chunk]),
                     "index": np.asarray([c[0] for c in chunk], np.int64),
                     "pts": np.zeros(len(chunk), np.int64),
-                    "shot_start": np.ones(len(chunk), bool)}     # every file is its own shot
+                    "shot_start": np.ones(len(chunk), bool),     # every file is its own shot
+                    "lossy": np.asarray([c[1].lossy for c in chunk], bool)}
             if chunk[0][1].alpha is not None:
                 cols["alpha"] = np.stack([c[1].alpha for c in chunk])
             if chunk[0][2] is not None:
@@ -110,7 +111,7 @@ class ImageSource(engine.Source):
                  name: str = "images", attempts: dict[str, int] | None = None):
         self.files, self.outputs, self.opts, self.group_size, self.name = files, outputs, opts, group_size, name
         self.attempts = attempts or {}
-        self.columns = ("frames", "index", "pts", "shot_start", "alpha") + (
+        self.columns = ("frames", "index", "pts", "shot_start", "lossy", "alpha") + (
             ("reference",) if opts.reference_dir or opts.downscale else ()) + (("lr",) if opts.keep_lr else ())
 
     def entry(self, f: SourceFile) -> Entry:

@@ -76,6 +76,22 @@ class VideoInfo:
         return float(pts * self.time_base)
 
 
+# codecs that keep every pixel; anything else is lossy
+_LOSSLESS_CODECS = {"ffv1", "huffyuv", "ffvhuff", "utvideo", "rawvideo", "png", "apng", "qtrle", "magicyuv",
+                    "zlib", "tiff", "bmp", "r210", "v210", "v410", "ayuv", "y41p", "yuv4"}
+
+
+def lossy(info: VideoInfo) -> bool:
+    """Frames whose colour channels the codec smoothed: a lossy codec, or chroma stored at lower
+    resolution than the luma (yuv420p, yuv422p, ...; an x265 lossless file in yuv420p counts)."""
+    try:
+        f = av.VideoFormat(info.pix_fmt)
+        sub = f.chroma_width(64) < 64 or f.chroma_height(64) < 64
+    except ValueError:
+        sub = False
+    return info.codec not in _LOSSLESS_CODECS or sub
+
+
 def _fail(path, reason: str):
     raise InputError(f"{path}: {reason}")
 

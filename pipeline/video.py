@@ -30,7 +30,7 @@ from .errors import InputError
 from .manifest import Manifest
 from .paths import check_writable
 from .mux import assemble
-from .probe import VideoInfo, probe
+from .probe import VideoInfo, lossy, probe
 from .segments import Segment, plan_segments
 
 
@@ -116,6 +116,7 @@ def _read_segment(item: Item, batch_size: int):
     for b in decode_segment(info, seg, batch_size):
         columns = {k: v for k, v in b.items() if k not in ("segment", "warnings", "timings")}
         columns["index"] = b["index"] + first
+        columns["lossy"] = np.full(len(b["pts"]), lossy(info), bool)
         yield {"columns": columns, "meta": {"item": item.key, "warnings": list(b.get("warnings", ())),
                                             "timings": dict(b.get("timings", {})), "units": len(b["pts"])}}
 

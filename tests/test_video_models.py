@@ -127,7 +127,9 @@ def test_ctrl_c_then_resume_reuses_finished_segments(clip, clean_run, rdn_x2, tm
     out = tmp_path / "resumed.mkv"
     args = [clip, str(out), "--model", "rdn", "--weights", str(rdn_x2), "--scale", "2", "--no-progress",
             "--segment-frames", "6", "--batch-size", "1", "--num-cpus", "2", "--threads", "1", "--encoder", "ffv1"]
-    slow = ("import sys; import operators.upscale as u, tests.test_video_models as t; u.Upscaler = t.SlowFromFrame12; "
+    # Ctrl-C as from a shell: a child inherits an ignored SIGINT from its parent, so set the default back
+    slow = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "import operators.upscale as u, tests.test_video_models as t; u.Upscaler = t.SlowFromFrame12; "
             "from jobs.upscale_video import main; sys.exit(main(sys.argv[1:]))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen([sys.executable, "-c", slow, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -143,7 +145,7 @@ def test_ctrl_c_then_resume_reuses_finished_segments(clip, clean_run, rdn_x2, tm
     assert proc.poll() is None, "the job ended before it could be interrupted: " + proc.communicate()[0][-2000:]
     proc.send_signal(signal.SIGINT)
     log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 130, log
+    assert proc.returncode == 130, f"(the suite's SIGINT handler: {signal.getsignal(signal.SIGINT)})\n{log}"
     assert "--resume" in log and not out.exists()
     finished = {k for k, r in Manifest(manifest_dir).latest().items() if r["status"] == "done"}
     assert 2 <= len(finished) < 6, finished

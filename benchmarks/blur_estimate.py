@@ -6,10 +6,10 @@ before this was fixed the x3/x4 crops ran off the image and were 20-27 LR px str
 by SRMD's model (Gaussian blur, 3 widths per scale, MATLAB bicubic, AWGN 0 or 10;
 `benchmarks.quality.srmd_degrade`, byte for byte the tests' cv2 `_degrade`). The estimate's loss
 is the authors' SRMD PSNR-Y with the true (width, noise) minus that with the estimate as
-`operators.estimate.estimate` makes it: the blur searched with the R, G, B noise reading, SRMD told
-`told_noise`. `--weights` scores other shares of the R, G, B reading's excess beside it. Prints the
-mean loss (all, noise-free, noisy), the worst, and the share within 0.3 dB. Needs the `[srmd]`
-extra and ../shared.
+`operators.estimate.estimate` makes it (its parts, so the readings are shared with `--weights`):
+the blur searched with the R, G, B noise reading, SRMD told `told_noise`. `--weights` scores other
+shares of the R, G, B reading's excess beside it. Prints the mean loss (all, noise-free, noisy),
+the worst, and the share within 0.3 dB. Needs the `[srmd]` extra and ../shared.
 
     python benchmarks/blur_estimate.py --first 52 --last 97 --threads 1     # 24 SRMD runs a case
     python benchmarks/blur_estimate.py --scale 4 --first 52 --last 97 --weights 0,0.25,0.5,1
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(a.threads)
     from models.training import psnr_y
-    from operators.estimate import estimate, noise_sigma, opponent_noise
+    from operators.estimate import blur_sigma, noise_readings, told_noise
     s = a.scale
     weights = [float(v) for v in a.weights.split(",") if v]
     sr = AuthorsSRMD("srmd", s).sr
@@ -60,8 +60,8 @@ def main(argv=None) -> None:
 
                 def score(wd, nz):
                     return psnr_y(torch.from_numpy(sr(lr, wd, nz)).permute(2, 0, 1).float() / 255, hr_t, s)
-                reading, opp = noise_sigma(lr), opponent_noise(lr)
-                est, n = estimate(lr, s, sr)
+                reading, opp = noise_readings(lr)          # the parts of `estimate`, each read once
+                est, n = blur_sigma(lr, s, sr, reading), told_noise(reading, opp, s)
                 truth = score(width, noise)
                 loss = truth - score(est, n)
                 alt = [truth - score(est, opp + wt * max(reading - opp, 0.0)) for wt in weights]

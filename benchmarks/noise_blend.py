@@ -48,7 +48,7 @@ SHIFTS = (-0.05, 0.0, 0.05, 0.1)         # x scale: HR px added to the map's wid
 def collect(scales, shard: tuple[int, int], every: int, out: Path) -> None:
     import torch
     from models.training import psnr_y
-    from operators.estimate import SIGMA_RANGE, blur_sigma, noise_sigma, opponent_noise
+    from operators.estimate import SIGMA_RANGE, blur_sigma, noise_readings
     k, n_shards = shard
     for scale in scales:
         sr = AuthorsSRMD("srmd", scale).sr
@@ -64,7 +64,7 @@ def collect(scales, shard: tuple[int, int], every: int, out: Path) -> None:
             h, w = hr.shape[0] // scale * scale, hr.shape[1] // scale * scale
             lr = srmd_degrade(hr[:h, :w], scale, sigma, noise, seed=int(rng.integers(1 << 30)))
             hr_t = torch.from_numpy(hr[:h, :w].copy()).permute(2, 0, 1).float() / 255
-            rgb, opp = noise_sigma(lr), opponent_noise(lr)
+            rgb, opp = noise_readings(lr)
             blur = blur_sigma(lr, scale, sr, rgb)
 
             def score(wd, nz):

@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 
 __all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "sparsity_curve", "blur_features",
-           "predict_blur", "feature_grid", "opponent_noise", "told_noise", "SIGMA_RANGE"]
+           "predict_blur", "feature_grid", "opponent_noise", "noise_readings", "told_noise",
+           "SIGMA_RANGE"]
 
 _PATCH = 7
 _MAX_PATCHES = 15000
@@ -253,17 +254,31 @@ def opponent_noise(img) -> float:
     to 0.5 dB); the opponent reading is 0.1-0.9 there, most of it rounding. Blind to noise that is
     the same in every channel: grey images fall back to `noise_sigma`, and lossy input (JPEG,
     video: the codec smoothed the chroma and kept the luma's noise) must not come here
-    (`estimate(..., lossy=True)`)."""
+    (`noise_readings(..., lossy=True)`)."""
+    r = _opponent(img)
+    return noise_sigma(img) if r is None else r
+
+
+def _opponent(img) -> float | None:
+    """`opponent_noise`, or None where the colour channels cannot show the noise."""
     a = _as_float255(img)
     if a.ndim == 2 or a.shape[2] < 3 or min(a.shape[:2]) < 2 * _PATCH:
-        return noise_sigma(img)
+        return None
     if np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]):
-        return noise_sigma(img)                  # grey: no colour to read the noise in
+        return None                              # grey: no colour to read the noise in
     opp = a[:, :, :3] @ _OPPONENT.T
     rng = np.random.default_rng(0)
     r = min(_channel_noise(opp[:, :, c], rng) for c in range(2))
     q = _ROUNDING_VAR if np.asarray(img).dtype == np.uint8 else 0.0
     return float(np.sqrt(max(r * r - q, 0.0)))
+
+
+def noise_readings(img, lossy: bool = False) -> tuple[float, float]:
+    """(`noise_sigma`, `opponent_noise`) of one frame, the R, G, B reading standing in for the
+    opponent one where that cannot see the noise (`lossy` input, grey, tiny) and computed once."""
+    rgb = noise_sigma(img)
+    opp = None if lossy else _opponent(img)
+    return rgb, (rgb if opp is None else opp)
 
 
 def told_noise(rgb: float, opponent: float, scale: int, lossy: bool = False) -> float:
@@ -282,6 +297,5 @@ def told_noise(rgb: float, opponent: float, scale: int, lossy: bool = False) -> 
 def estimate(img, scale: int, sr: SR, lossy: bool = False) -> tuple[float, float]:
     """(blur sigma in HR pixels, noise level on the 0-255 scale to tell SRMD) of one LR frame; `lossy`:
     it came through a lossy codec or subsampled chroma, so the noise is read on R, G, B only."""
-    rgb = noise_sigma(img)
-    opp = rgb if lossy else opponent_noise(img)
+    rgb, opp = noise_readings(img, lossy)
     return blur_sigma(img, scale, sr, rgb), told_noise(rgb, opp, scale, lossy)

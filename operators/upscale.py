@@ -88,14 +88,10 @@ class AutoDegradation:
         return self.run(crop[None])[0]
 
     def _estimate(self, frame: np.ndarray, lossy: bool) -> tuple[float, float]:
-        from .estimate import blur_sigma, noise_sigma, opponent_noise, told_noise
+        from .estimate import blur_sigma, noise_readings, told_noise
         d, s = self.d, self.spec.scale
         auto_blur, auto_noise = d.get("sigma") == AUTO, d.get("noise") == AUTO
-        if auto_noise:
-            rgb = noise_sigma(frame)
-            opp = rgb if lossy else opponent_noise(frame)
-        else:
-            rgb = opp = float(d.get("noise") or 0.0)
+        rgb, opp = noise_readings(frame, lossy) if auto_noise else (float(d.get("noise") or 0.0),) * 2
         # the blur search is steered by the R, G, B reading its maps were fitted on; SRMDNF takes no
         # noise level: its search runs noise-free, on the frame as it is
         blur = blur_sigma(frame, s, self._sr, 0.0 if self.nf else rgb) if auto_blur else float(d.get("sigma") or 0.0)

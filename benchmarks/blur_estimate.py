@@ -30,16 +30,15 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks.quality import SHARED, AuthorsSRMD, read_rgb, srmd_degrade  # noqa: E402
+from benchmarks.quality import SHARED, AuthorsSRMD, pairs, read_rgb, srmd_degrade  # noqa: E402
 
 
 def _images(a, s: int):
     """(seed, name, HR array) of each held-out image the run scores."""
     if a.images == "set5+set14":
-        paths = [p for d in ("Set5", "Set14") for p in sorted((SHARED / "data" / d / "HR").glob("*.png"))]
-        for i, p in enumerate(paths):
-            hr = read_rgb(p)
-            yield i, p.stem, hr[:hr.shape[0] // s * s, :hr.shape[1] // s * s]
+        whole = [(name, hr) for d in ("Set5", "Set14") for name, _, hr, _ in pairs(d, s)]
+        for i, (name, hr) in enumerate(whole):
+            yield i, name, hr
         return
     for i in range(a.first, a.last + 1, 5):
         hr = read_rgb(SHARED / "data" / "BSD100" / "HR" / f"img_{i:03d}.png")

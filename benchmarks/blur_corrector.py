@@ -184,8 +184,9 @@ def fit_main(scale: int, data: Path, write: bool, folds: int = 5) -> None:
         path = ROOT / "operators" / "blur_map.json"
         doc = json.loads(path.read_text()) if path.exists() else {"scales": {}}
         doc["about"] = ABOUT
-        # the noise levels told beside the width (benchmarks/noise_blend.py) stay
-        kept = {k: v for k, v in doc["scales"].get(str(scale), {}).items() if k.startswith(("noise_", "lossy_"))}
+        # the noise levels told beside the width (benchmarks/noise_blend.py) and the crop count stay
+        kept = {k: v for k, v in doc["scales"].get(str(scale), {}).items()
+                if k.startswith(("noise_", "lossy_", "crops"))}
         doc["scales"][str(scale)] = kept | {"features": int(X.shape[1]), "top": None,
                                      "mean": [round(float(v), 6) for v in mu], "std": [round(float(v), 6) for v in sd],
                                      "intercept": round(b, 6), "coef": [round(float(v), 6) for v in coef],

@@ -17,6 +17,10 @@ Needs the `[srmd]` extra and ../shared.
     python benchmarks/blur_estimate.py --first 52 --last 97 --threads 1     # 24 SRMD runs a case
     python benchmarks/blur_estimate.py --scale 4 --first 52 --last 97 --weights 0,0.25,0.5,1
     python benchmarks/blur_estimate.py --images set5+set14 --scale 4 --threads 1            # 114 cases
+    python benchmarks/blur_estimate.py --images set5+set14 --scale 2 --shard 0/2 &          # the same, on
+    python benchmarks/blur_estimate.py --images set5+set14 --scale 2 --shard 1/2            # two cores
+    python benchmarks/blur_estimate.py --images set5+set14 --scale 3 --aggregates           # 1 vs 3 crops
+    python benchmarks/blur_estimate.py --images bsd100-whole --aggregates --shard 0/2       # (and 1/2)
 """
 from __future__ import annotations
 
@@ -43,21 +47,39 @@ def _images(a, s: int):
     for i in range(a.first, a.last + 1, 5):
         hr = read_rgb(SHARED / "data" / "BSD100" / "HR" / f"img_{i:03d}.png")
         h, w = hr.shape[:2]
+        if a.images == "bsd100-whole":
+            yield i, f"img_{i:03d}", hr[:h // s * s, :w // s * s]
+            continue
         side = min(120 * s, min(h, w) // s * s)      # 120 LR px where the image allows (BSD100: 321 px short side)
         y, x = (h - side) // 2, (w - side) // 2
         yield i, f"img_{i:03d}", hr[y:y + side, x:x + side]
 
 
+def _crop_widths(lr, s: int, sr, reading: float) -> list:
+    """The width `blur_sigma` reads on each of the 3 busiest crops (its parts), busiest first."""
+    from operators.estimate import blur_features, busiest_windows, feature_grid, predict_blur, sparsity_curve
+    out = []
+    for y, x, ch, cw in busiest_windows(lr, 3):
+        crop = np.ascontiguousarray(lr[y:y + ch, x:x + cw])
+        curve = sparsity_curve([sr(crop, float(g), reading) for g in feature_grid(s)], s)
+        out.append(predict_blur(blur_features(curve, reading, s), s))
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=int, default=2)
-    ap.add_argument("--images", choices=("bsd100", "set5+set14"), default="bsd100",
-                    help="BSD100 centre crops (--first/--last), or the whole Set5 and Set14 images (19)")
+    ap.add_argument("--images", choices=("bsd100", "bsd100-whole", "set5+set14"), default="bsd100",
+                    help="BSD100 centre crops or whole images (--first/--last), or the whole Set5 and Set14 images (19)")
     ap.add_argument("--first", type=int, default=52)
     ap.add_argument("--last", type=int, default=97)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shard", default="0/1", help="k/n: score every n-th case from the k-th (run n at once; "
+                    "the summary is of the shard)")
     ap.add_argument("--weights", default="", help="also score these shares of the R, G, B reading's excess "
                     "told to SRMD (comma-separated; `noise_rgb_weight` in blur_map.json), side by side")
+    ap.add_argument("--aggregates", action="store_true", help="read the width on the 3 busiest crops and score "
+                    "the first crop's, the median, the lowest and the mean of the two lowest side by side")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(a.threads)
@@ -68,29 +90,37 @@ def main(argv=None) -> None:
     sr = AuthorsSRMD("srmd", s).sr
     widths = {2: (0.6, 1.2, 1.8), 3: (0.8, 1.6, 2.4), 4: (1.0, 2.0, 3.0)}[s]
     rows = []
-    for i, name, hr in _images(a, s):
-        for width in widths:
-            for noise in (0.0, 10.0):
-                lr = srmd_degrade(hr, s, width, noise, seed=i)
-                hr_t = torch.from_numpy(hr[:lr.shape[0] * s, :lr.shape[1] * s].copy()).permute(2, 0, 1).float() / 255
+    k, n_shards = (int(v) for v in a.shard.split("/"))
+    cases = [(i, name, hr, width, noise) for i, name, hr in _images(a, s) for width in widths for noise in (0.0, 10.0)]
+    for i, name, hr, width, noise in cases[k::n_shards]:
+        lr = srmd_degrade(hr, s, width, noise, seed=i)
+        hr_t = torch.from_numpy(hr[:lr.shape[0] * s, :lr.shape[1] * s].copy()).permute(2, 0, 1).float() / 255
 
-                def score(wd, nz):
-                    return psnr_y(torch.from_numpy(sr(lr, wd, nz)).permute(2, 0, 1).float() / 255, hr_t, s)
-                reading, opp = noise_readings(lr)          # the parts of `estimate`, each read once
-                est, n = blur_sigma(lr, s, sr, reading), told_noise(reading, opp, s)
-                truth = score(width, noise)
-                loss = truth - score(est, n)
-                alt = [truth - score(est, opp + wt * max(reading - opp, 0.0)) for wt in weights]
-                rows.append((noise, loss, abs(est - width), *alt))
-                print(f"{name} width {width} noise {noise:g}: estimate {est:.2f} / {n:.1f} (read {reading:.1f}), "
-                      f"loss {loss:.2f} dB" + "".join(f"; weight {wt:g}: {v:.2f}" for wt, v in zip(weights, alt)),
-                      flush=True)
+        def score(wd, nz):
+            return psnr_y(torch.from_numpy(sr(lr, wd, nz)).permute(2, 0, 1).float() / 255, hr_t, s)
+        reading, opp = noise_readings(lr)          # the parts of `estimate`, each read once
+        est, n = blur_sigma(lr, s, sr, reading), told_noise(reading, opp, s)
+        truth = score(width, noise)
+        loss = truth - score(est, n)
+        alt = [truth - score(est, opp + wt * max(reading - opp, 0.0)) for wt in weights]
+        if a.aggregates:
+            per = sorted(per_crop := _crop_widths(lr, s, sr, reading))
+            agg = {"first": per_crop[0], "median": float(np.median(per)), "lowest": per[0], "low2": float(np.mean(per[:2]))}
+            alt += [truth - score(v, n) for v in agg.values()]
+            print(f"{name} width {width} noise {noise:g}: crops " + " ".join(f"{v:.2f}" for v in per_crop), flush=True)
+        rows.append((noise, loss, abs(est - width), *alt))
+        print(f"{name} width {width} noise {noise:g}: estimate {est:.2f} / {n:.1f} (read {reading:.1f}), "
+              f"loss {loss:.2f} dB" + "".join(f"; weight {wt:g}: {v:.2f}" for wt, v in zip(weights, alt))
+              + ("; first / median / lowest / low2: " + " ".join(f"{v:.2f}" for v in alt[len(weights):]) if a.aggregates else ""),
+              flush=True)
     r = np.array(rows)
+    if a.aggregates:
+        weights += ["first crop", "median of 3", "lowest of 3", "mean of 2 lowest"]
     for name, sel in (("all", r[:, 0] >= 0), ("noise-free", r[:, 0] == 0), ("noise 10", r[:, 0] > 0)):
         v = r[sel]
         print(f"{name}: mean loss {v[:, 1].mean():.2f} dB, worst {v[:, 1].max():.2f}, within 0.3 dB "
               f"{(v[:, 1] <= 0.3).mean():.0%}, mean |width error| {v[:, 2].mean():.3f} HR px ({len(v)} cases)"
-              + "".join(f"; weight {wt:g}: mean {v[:, 3 + k].mean():.2f}, worst {v[:, 3 + k].max():.2f}, within 0.3 dB "
+              + "".join(f"; {wt if isinstance(wt, str) else f'weight {wt:g}'}: mean {v[:, 3 + k].mean():.2f}, worst {v[:, 3 + k].max():.2f}, within 0.3 dB "
                         f"{(v[:, 3 + k] <= 0.3).mean():.0%}" for k, wt in enumerate(weights)))
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from operators.estimate import (SIGMA_RANGE, blur_features, blur_sigma, busiest_crop, estimate, feature_grid,
-                                noise_sigma, opponent_noise, predict_blur, sparsity, told_noise)
+from operators.estimate import (SIGMA_RANGE, blur_features, blur_sigma, busiest_crop, busiest_windows, estimate,
+                                feature_grid, noise_sigma, opponent_noise, predict_blur, sparsity, told_noise)
 from tests.conftest import shared_path
 
 NOISE_TOL = 2.0      # |estimate - true| on the 0-255 scale, noise 5..30 on clean-ish LR images
@@ -117,6 +117,26 @@ def test_busiest_crop_finds_the_texture():
     img[120:180, 200:260] = np.random.default_rng(0).integers(0, 255, (60, 60, 3))
     crop = busiest_crop(img, 96)
     assert crop.shape[:2] == (96, 96) and crop.std() > 40
+
+
+def test_busiest_windows_are_separate_textures_busiest_first():
+    """The blur is read on three crops: three textured patches of different contrast come back
+    strongest first, each window over its own patch; windows over one patch overlap at most half."""
+    rng = np.random.default_rng(1)
+    img = np.full((300, 400, 3), 120, np.uint8)
+    patches = {(0, 0): 120, (192, 288): 110, (0, 288): 100}           # top-left corner -> amplitude
+    for (y, x), amp in patches.items():
+        img[y:y + 96, x:x + 96] = np.clip(120 + amp * rng.standard_normal((96, 96, 3)), 0, 255)
+    wins = busiest_windows(img, 3, 96)
+    assert [(y, x) for y, x, _, _ in wins] == [(0, 0), (192, 288), (0, 288)]
+    assert all(h == 96 and w == 96 for _, _, h, w in wins)
+    one = np.full((300, 400, 3), 120, np.uint8)
+    one[100:200, 150:250] = np.clip(120 + 80 * rng.standard_normal((100, 100, 3)), 0, 255)
+    wins = busiest_windows(one, 3, 96)
+    for i, (y, x, h, w) in enumerate(wins):
+        for y2, x2, _, _ in wins[:i]:
+            assert max(0, h - abs(y - y2)) * max(0, w - abs(x - x2)) <= h * w / 2
+    assert busiest_windows(img[:50, :60], 3, 96) == [(0, 0, 50, 60)]
 
 
 def test_blur_features_find_the_minimum_between_grid_points():

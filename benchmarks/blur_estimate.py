@@ -55,22 +55,12 @@ def _images(a, s: int):
         yield i, f"img_{i:03d}", hr[y:y + side, x:x + side]
 
 
-def _crop_widths(lr, s: int, sr, reading: float) -> list:
-    """The width `blur_sigma` reads on each of the 3 busiest crops (its parts), busiest first."""
-    from operators.estimate import blur_features, busiest_windows, feature_grid, predict_blur, sparsity_curve
-    out = []
-    for y, x, ch, cw in busiest_windows(lr, 3):
-        crop = np.ascontiguousarray(lr[y:y + ch, x:x + cw])
-        curve = sparsity_curve([sr(crop, float(g), reading) for g in feature_grid(s)], s)
-        out.append(predict_blur(blur_features(curve, reading, s), s))
-    return out
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--images", choices=("bsd100", "bsd100-whole", "set5+set14"), default="bsd100",
-                    help="BSD100 centre crops or whole images (--first/--last), or the whole Set5 and Set14 images (19)")
+                    help="BSD100 centre crops or whole images (--first/--last), or the whole Set5 and Set14 "
+                    "images (19)")
     ap.add_argument("--first", type=int, default=52)
     ap.add_argument("--last", type=int, default=97)
     ap.add_argument("--threads", type=int, default=1)
@@ -84,9 +74,12 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(a.threads)
     from models.training import psnr_y
-    from operators.estimate import blur_sigma, noise_readings, told_noise
+    from operators.estimate import blur_crops, blur_sigma, crop_widths, noise_readings, told_noise
     s = a.scale
     weights = [float(v) for v in a.weights.split(",") if v]
+    labels = [f"weight {wt:g}" for wt in weights]
+    if a.aggregates:
+        labels += ["first crop", "median of 3", "lowest of 3", "mean of 2 lowest"]
     sr = AuthorsSRMD("srmd", s).sr
     widths = {2: (0.6, 1.2, 1.8), 3: (0.8, 1.6, 2.4), 4: (1.0, 2.0, 3.0)}[s]
     rows = []
@@ -99,29 +92,33 @@ def main(argv=None) -> None:
         def score(wd, nz):
             return psnr_y(torch.from_numpy(sr(lr, wd, nz)).permute(2, 0, 1).float() / 255, hr_t, s)
         reading, opp = noise_readings(lr)          # the parts of `estimate`, each read once
-        est, n = blur_sigma(lr, s, sr, reading), told_noise(reading, opp, s)
+        n = told_noise(reading, opp, s)
+        if a.aggregates:
+            # busiest_windows is greedy, so blur_sigma's crops are the first blur_crops of these three:
+            # read once, the shipped estimate is their median
+            per = crop_widths(lr, s, sr, reading, 3)
+            est = float(np.median(per[:blur_crops(s)]))
+            print(f"{name} width {width} noise {noise:g}: crops " + " ".join(f"{v:.2f}" for v in per), flush=True)
+        else:
+            est = blur_sigma(lr, s, sr, reading)
         truth = score(width, noise)
         loss = truth - score(est, n)
         alt = [truth - score(est, opp + wt * max(reading - opp, 0.0)) for wt in weights]
         if a.aggregates:
-            per = sorted(per_crop := _crop_widths(lr, s, sr, reading))
-            agg = {"first": per_crop[0], "median": float(np.median(per)), "lowest": per[0], "low2": float(np.mean(per[:2]))}
-            alt += [truth - score(v, n) for v in agg.values()]
-            print(f"{name} width {width} noise {noise:g}: crops " + " ".join(f"{v:.2f}" for v in per_crop), flush=True)
+            low = sorted(per)
+            alt += [truth - score(v, n) for v in (per[0], float(np.median(low)), low[0], float(np.mean(low[:2])))]
         rows.append((noise, loss, abs(est - width), *alt))
         print(f"{name} width {width} noise {noise:g}: estimate {est:.2f} / {n:.1f} (read {reading:.1f}), "
-              f"loss {loss:.2f} dB" + "".join(f"; weight {wt:g}: {v:.2f}" for wt, v in zip(weights, alt))
-              + ("; first / median / lowest / low2: " + " ".join(f"{v:.2f}" for v in alt[len(weights):]) if a.aggregates else ""),
-              flush=True)
+              f"loss {loss:.2f} dB" + "".join(f"; {lb}: {v:.2f}" for lb, v in zip(labels, alt)), flush=True)
     r = np.array(rows)
-    if a.aggregates:
-        weights += ["first crop", "median of 3", "lowest of 3", "mean of 2 lowest"]
     for name, sel in (("all", r[:, 0] >= 0), ("noise-free", r[:, 0] == 0), ("noise 10", r[:, 0] > 0)):
         v = r[sel]
+        if not len(v):                          # a shard may hold no case of a kind
+            continue
         print(f"{name}: mean loss {v[:, 1].mean():.2f} dB, worst {v[:, 1].max():.2f}, within 0.3 dB "
               f"{(v[:, 1] <= 0.3).mean():.0%}, mean |width error| {v[:, 2].mean():.3f} HR px ({len(v)} cases)"
-              + "".join(f"; {wt if isinstance(wt, str) else f'weight {wt:g}'}: mean {v[:, 3 + k].mean():.2f}, worst {v[:, 3 + k].max():.2f}, within 0.3 dB "
-                        f"{(v[:, 3 + k] <= 0.3).mean():.0%}" for k, wt in enumerate(weights)))
+              + "".join(f"; {lb}: mean {v[:, 3 + j].mean():.2f}, worst {v[:, 3 + j].max():.2f}, within 0.3 dB "
+                        f"{(v[:, 3 + j] <= 0.3).mean():.0%}" for j, lb in enumerate(labels)))
 
 
 if __name__ == "__main__":

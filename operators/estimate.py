@@ -40,9 +40,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-__all__ = ["noise_sigma", "blur_sigma", "estimate", "sparsity", "sparsity_curve", "blur_features",
-           "predict_blur", "feature_grid", "opponent_noise", "noise_readings", "told_noise",
-           "SIGMA_RANGE"]
+__all__ = ["noise_sigma", "blur_sigma", "blur_crops", "crop_widths", "busiest_windows", "estimate",
+           "sparsity", "sparsity_curve", "blur_features", "predict_blur", "feature_grid",
+           "opponent_noise", "noise_readings", "told_noise", "SIGMA_RANGE"]
 
 _PATCH = 7
 _MAX_PATCHES = 15000
@@ -241,25 +241,37 @@ def predict_blur(features, scale: int) -> float:
     return float(np.clip(width, lo, hi))
 
 
+def blur_crops(scale: int) -> int:
+    """How many crops `blur_sigma` reads the width on (`crops` in blur_map.json).
+
+    Why several at x2 (3): one crop's content (stripes, text) can read 0.5 px off where the image's
+    other busy parts read right, and the median of three is immune to one (whole Set5/Set14 x2: 0.67
+    -> 0.59 dB mean loss, worst 5.5 -> 4.2; whole BSD100 0.22 -> 0.24); at x3/x4 it gained nothing
+    (benchmarks/README.md). Each crop costs the search's 22 SRMD runs again."""
+    return int(_blur_map(scale).get("crops", 1))
+
+
+def crop_widths(img, scale: int, sr: SR, noise: float, count: int) -> list[float]:
+    """The width the scale's map reads on each of the `count` busiest crops (`busiest_windows`),
+    busiest first: SRMD run at every width of `feature_grid`, told `noise`."""
+    img = np.asarray(img)
+    widths = []
+    for y, x, ch, cw in busiest_windows(img, count):
+        crop = np.ascontiguousarray(img[y:y + ch, x:x + cw])
+        curve = sparsity_curve([sr(crop, float(g), noise) for g in feature_grid(scale)], scale)
+        widths.append(predict_blur(blur_features(curve, noise, scale), scale))
+    return widths
+
+
 def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
     """Width (HR pixels) of the Gaussian blur before the x`scale` bicubic downscale that made
-    `img`, within SRMD's range for the scale; `sr` runs the SRMD the estimate is for.
-    Measured accuracy: tests/test_estimate.py, benchmarks/README.md."""
+    `img`, within SRMD's range for the scale: the median of `crop_widths` over `blur_crops` crops;
+    `sr` runs the SRMD the estimate is for. Measured accuracy: tests/test_estimate.py,
+    benchmarks/README.md."""
     if int(scale) not in SIGMA_RANGE:
         raise ValueError(f"no blur estimator for x{scale} (x2, x3, x4)")
     n = noise_sigma(img) if noise is None else float(noise)
-    img = np.asarray(img)
-    # Why several crops (`crops` in blur_map.json: 3 at x2, else 1): at x2 one crop's content
-    # (stripes, text) can read 0.5 px off where the image's other busy parts read right, and the
-    # median of three is immune to one (whole Set5/Set14 x2: 0.67 -> 0.59 dB mean loss, worst
-    # 5.5 -> 4.2; whole BSD100 0.22 -> 0.24); at x3/x4 it gained nothing (benchmarks/README.md).
-    # Costs that many times the search's SRMD runs, on images large enough for separate crops.
-    widths = []
-    for y, x, ch, cw in busiest_windows(img, int(_blur_map(scale).get("crops", 1))):
-        crop = np.ascontiguousarray(img[y:y + ch, x:x + cw])
-        curve = sparsity_curve([sr(crop, float(g), n) for g in feature_grid(scale)], scale)
-        widths.append(predict_blur(blur_features(curve, n, scale), scale))
-    return float(np.median(widths))
+    return float(np.median(crop_widths(img, scale, sr, n, blur_crops(scale))))
 
 
 _ROUNDING_VAR = 1.0 / 12      # variance of uint8 rounding, per channel, on the 0-255 scale

@@ -224,13 +224,14 @@ def _blur_map(scale: int) -> dict:
     return _MAP[int(scale)]
 
 
-def predict_blur(features, scale: int) -> float:
-    """The scale's map in `blur_map.json`: ridge regression on the first `features` features (all of
+def predict_blur(features, scale: int, blur_map: dict | None = None) -> float:
+    """The scale's map in `blur_map.json` (or `blur_map`, a candidate in that form: what
+    benchmarks/blur_maps.py scores): ridge regression on the first `features` features (all of
     them: the learned curve map of benchmarks/blur_corrector.py; 4: the minimiser and noise alone),
     less its shift (a width read too wide costs SRMD more than one read too narrow); `top`: a
     minimiser at the top of the search is unreliable (strong noise, or texture SRMD turns into flat
     cartoon when told to sharpen a lot) and gets a fixed width instead."""
-    m = _blur_map(scale)
+    m = _blur_map(scale) if blur_map is None else blur_map
     f = np.asarray(features, np.float64)[:m["features"]]
     lo, hi = SIGMA_RANGE[int(scale)]
     if m.get("top") and f[0] >= m["top"][0]:

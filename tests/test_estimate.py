@@ -165,6 +165,22 @@ def test_blur_map_ships_for_every_scale_and_stays_in_srmds_range():
             assert lo <= est <= hi
 
 
+def test_predict_blur_reads_a_candidate_map_in_the_shipped_form():
+    """A map passed in (what benchmarks/blur_maps.py scores) is read like the shipped one: ridge on
+    standardised features, less its shift, clipped to SRMD's range; a minimiser past `top` gets the
+    fixed width."""
+    g = feature_grid(2)
+    f = blur_features(3.0 + np.abs(g - 1.1), 5.0, 2)
+    n = len(f)
+    flat = {"features": n, "top": None, "mean": [0.0] * n, "std": [1.0] * n, "coef": [0.0] * n,
+            "intercept": 1.3, "shift": 0.1}
+    assert predict_blur(f, 2, flat) == pytest.approx(1.2)
+    first = dict(flat, coef=[0.5] + [0.0] * (n - 1), intercept=0.0, shift=0.0)
+    assert predict_blur(f, 2, first) == pytest.approx(0.5 * f[0])       # f[0]: the minimiser, 1.1
+    assert predict_blur(f, 2, dict(flat, intercept=9.0)) == SIGMA_RANGE[2][1]
+    assert predict_blur(f, 2, dict(flat, top=[1.0, 0.7])) == pytest.approx(0.7)
+
+
 def _tiny_srmd(tmp_path):
     from models.srmd import SRMD
     torch.manual_seed(0)

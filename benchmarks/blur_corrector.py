@@ -49,6 +49,10 @@ import numpy as np  # noqa: E402
 from benchmarks.quality import SHARED, AuthorsSRMD, read_rgb, srmd_degrade  # noqa: E402
 
 
+# one row per case, in each shard's .npz
+_COLUMNS = ("source", "sigma", "noise", "noise_est", "curve", "psnr", "psnr_true")
+
+
 def _pieces(stem: str, hr: np.ndarray, n: int):
     """`hr` in n = 2 halves (left, right) or 4 quarters, as (name, array)."""
     if n == 2:
@@ -104,7 +108,7 @@ def collect(scale: int, shard: tuple[int, int], per: int, out: Path, family: str
     lo, hi = SIGMA_RANGE[scale]
     grid = feature_grid(scale)
     k, n_shards = shard
-    rows = {"source": [], "sigma": [], "noise": [], "noise_est": [], "curve": [], "psnr": [], "psnr_true": []}
+    rows: dict[str, list] = {k: [] for k in _COLUMNS}
     t0 = time.perf_counter()
     for idx, name, hr in sources(scale, family):
         if idx % n_shards != k:
@@ -138,9 +142,6 @@ def collect(scale: int, shard: tuple[int, int], per: int, out: Path, family: str
 ABOUT = ("Maps of operators/estimate.py per scale: the blur width from SRMD's sparsity curve, written by "
          "`python benchmarks/blur_corrector.py fit --scale S --data DIR --write`; noise_rgb_weight and "
          "lossy_noise_factor, the noise level told beside it, by `python benchmarks/noise_blend.py fit [--lossy]`.")
-
-
-_COLUMNS = ("source", "sigma", "noise", "noise_est", "curve", "psnr", "psnr_true")
 
 
 def load(scale: int, data: Path | list[Path]) -> dict:
@@ -221,7 +222,7 @@ def score_main(scale: int, data: list[Path], map_path: Path) -> None:
 def fit_main(scale: int, data: list[Path], write: bool, out: Path | None = None, folds: int = 5) -> None:
     """Ridge map features -> width; the penalty and the shift are the pair with the least mean PSNR
     loss over leave-sources-out folds. Prints that loss (noise-free, noisy) and writes the map
-    fitted on every case into operators/blur_map.json."""
+    fitted on every case into operators/blur_map.json (`write`) or a candidate file (`out`)."""
     import json
     from operators.estimate import SIGMA_RANGE, blur_features, feature_grid
     d = load(scale, data)
@@ -265,6 +266,7 @@ def fit_main(scale: int, data: list[Path], write: bool, out: Path | None = None,
             doc["scales"][str(scale)] = entry
         path.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {path}")
+
 
 if __name__ == "__main__":
     main()

@@ -47,21 +47,19 @@ def _tensor(img):
 
 def curves(a, s, sr, k, n) -> None:
     from models.training import psnr_y
-    from operators.estimate import busiest_windows, feature_grid, noise_readings, sparsity_curve, told_noise
+    from operators.estimate import crop_curves, feature_grid, noise_readings, told_noise
     grid = feature_grid(s)
     Path(a.curves).parent.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list] = {q: [] for q in ("name", "width", "noise", "reading", "told", "curves", "ncrops", "truth")}
     for i, name, hr, wd, nz in _cases(a, s)[k::n]:
         lr = srmd_degrade(hr, s, wd, nz, seed=i)
         reading, opp = noise_readings(lr)
+        found = crop_curves(lr, s, sr, reading, 3)
         cs = np.full((3, len(grid)), np.nan)
-        wins = busiest_windows(lr, 3)
-        for j, (y, x, ch, cw) in enumerate(wins):
-            crop = np.ascontiguousarray(lr[y:y + ch, x:x + cw])
-            cs[j] = sparsity_curve([sr(crop, float(g), reading) for g in grid], s)
+        cs[:len(found)] = found
         truth = psnr_y(_tensor(sr(lr, wd, nz)), _tensor(hr[:lr.shape[0] * s, :lr.shape[1] * s]), s)
         for q, v in (("name", name), ("width", wd), ("noise", nz), ("reading", reading),
-                     ("told", told_noise(reading, opp, s)), ("curves", cs), ("ncrops", len(wins)), ("truth", truth)):
+                     ("told", told_noise(reading, opp, s)), ("curves", cs), ("ncrops", len(found)), ("truth", truth)):
             rows[q].append(v)
         print(f"{name} width {wd} noise {nz:g}: truth {truth:.2f} dB", flush=True)
         np.savez(f"{a.curves}_{k}.npz", **{q: np.asarray(v) for q, v in rows.items()})
@@ -88,8 +86,8 @@ def score(a, s, sr, k, n) -> None:
         name, wd, nz = str(d["name"][j]), float(d["width"][j]), float(d["noise"][j])
         i, hr = imgs[name]
         lr = None
+        feats = [blur_features(c, float(d["reading"][j]), s) for c in d["curves"][j][:int(d["ncrops"][j])]]
         for label, m in cands:
-            feats = [blur_features(c, float(d["reading"][j]), s) for c in d["curves"][j][:int(d["ncrops"][j])]]
             est = round(float(np.median([predict_blur(f, s, m) for f in feats[:int(m.get("crops", 1))]])), 3)
             key = f"{name}:{wd}:{nz}:{est}"
             if key not in cache:

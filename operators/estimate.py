@@ -40,7 +40,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-__all__ = ["noise_sigma", "blur_sigma", "blur_crops", "crop_widths", "busiest_windows", "estimate",
+__all__ = ["noise_sigma", "blur_sigma", "blur_crops", "crop_curves", "crop_widths", "busiest_windows", "estimate",
            "sparsity", "sparsity_curve", "blur_features", "predict_blur", "feature_grid",
            "opponent_noise", "noise_readings", "told_noise", "SIGMA_RANGE"]
 
@@ -252,16 +252,19 @@ def blur_crops(scale: int) -> int:
     return int(_blur_map(scale).get("crops", 1))
 
 
-def crop_widths(img, scale: int, sr: SR, noise: float, count: int) -> list[float]:
-    """The width the scale's map reads on each of the `count` busiest crops (`busiest_windows`),
-    busiest first: SRMD run at every width of `feature_grid`, told `noise`."""
+def crop_curves(img, scale: int, sr: SR, noise: float, count: int) -> list[np.ndarray]:
+    """The sparsity curve of each of the `count` busiest crops (`busiest_windows`), busiest first:
+    SRMD run at every width of `feature_grid`, told `noise`. Kept apart from the map that reads
+    them so benchmarks/blur_maps.py can score candidate maps on one search."""
     img = np.asarray(img)
-    widths = []
-    for y, x, ch, cw in busiest_windows(img, count):
-        crop = np.ascontiguousarray(img[y:y + ch, x:x + cw])
-        curve = sparsity_curve([sr(crop, float(g), noise) for g in feature_grid(scale)], scale)
-        widths.append(predict_blur(blur_features(curve, noise, scale), scale))
-    return widths
+    grid = feature_grid(scale)
+    return [sparsity_curve([sr(np.ascontiguousarray(img[y:y + ch, x:x + cw]), float(g), noise) for g in grid], scale)
+            for y, x, ch, cw in busiest_windows(img, count)]
+
+
+def crop_widths(img, scale: int, sr: SR, noise: float, count: int) -> list[float]:
+    """The width the scale's map reads on each of `crop_curves`."""
+    return [predict_blur(blur_features(c, noise, scale), scale) for c in crop_curves(img, scale, sr, noise, count)]
 
 
 def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:

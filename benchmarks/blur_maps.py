@@ -3,8 +3,8 @@
 `blur_estimate.py` scores what ships, and re-runs the search (22 SRMD runs on each of up to three
 96 px crops) for every estimator it compares. Here `curves` runs the search once per case and stores
 each crop's sparsity curve, the noise readings and SRMD's PSNR-Y with the true degradation; `score`
-reads the width each map gives off the stored curves (`operators.estimate.predict_blur` with the
-candidate, the median over its `crops`), runs SRMD on the whole image once per distinct estimate
+reads the width each map gives off the stored curves (`operators.estimate.map_width`, as `blur_sigma`
+reads it: the median over the map's `crops`), runs SRMD on the whole image once per distinct estimate
 (kept in a cache beside the curves, so a second map that agrees on a case costs nothing) and prints
 the loss against the truth. The images, widths, noise and seeds are `blur_estimate.py`'s
 (`--images set5+set14 | bsd100 | bsd100-whole`); a map is `operators/blur_map.json` itself or a file
@@ -67,7 +67,7 @@ def curves(a, s, sr, k, n) -> None:
 
 def score(a, s, sr, k, n) -> None:
     from models.training import psnr_y
-    from operators.estimate import blur_features, predict_blur
+    from operators.estimate import map_width
     parts = [dict(np.load(p)) for p in sorted(Path(a.curves).parent.glob(Path(a.curves).name + "_[0-9]*.npz"))]
     d = {q: np.concatenate([p[q] for p in parts]) for q in parts[0]}
     cache_path = Path(f"{a.curves}_scores_{k}.json")
@@ -86,9 +86,9 @@ def score(a, s, sr, k, n) -> None:
         name, wd, nz = str(d["name"][j]), float(d["width"][j]), float(d["noise"][j])
         i, hr = imgs[name]
         lr = None
-        feats = [blur_features(c, float(d["reading"][j]), s) for c in d["curves"][j][:int(d["ncrops"][j])]]
+        found = d["curves"][j][:int(d["ncrops"][j])]
         for label, m in cands:
-            est = round(float(np.median([predict_blur(f, s, m) for f in feats[:int(m.get("crops", 1))]])), 3)
+            est = round(map_width(found, float(d["reading"][j]), s, m), 3)
             key = f"{name}:{wd}:{nz}:{est}"
             if key not in cache:
                 lr = srmd_degrade(hr, s, wd, nz, seed=i) if lr is None else lr

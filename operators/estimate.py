@@ -40,7 +40,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-__all__ = ["noise_sigma", "blur_sigma", "blur_crops", "crop_curves", "crop_widths", "busiest_windows", "estimate",
+__all__ = ["noise_sigma", "blur_sigma", "blur_crops", "crop_curves", "crop_widths", "map_width", "busiest_windows", "estimate",
            "sparsity", "sparsity_curve", "blur_features", "predict_blur", "feature_grid",
            "opponent_noise", "noise_readings", "told_noise", "SIGMA_RANGE"]
 
@@ -267,15 +267,22 @@ def crop_widths(img, scale: int, sr: SR, noise: float, count: int) -> list[float
     return [predict_blur(blur_features(c, noise, scale), scale) for c in crop_curves(img, scale, sr, noise, count)]
 
 
+def map_width(curves, noise: float, scale: int, blur_map: dict | None = None) -> float:
+    """The width a map (the shipped one, or a candidate) reads off crops' curves, busiest first: the
+    median of its reading on its `crops` first curves."""
+    m = _blur_map(scale) if blur_map is None else blur_map
+    return float(np.median([predict_blur(blur_features(c, noise, scale), scale, m) for c in curves[:int(m.get("crops", 1))]]))
+
+
 def blur_sigma(img, scale: int, sr: SR, noise: float | None = None) -> float:
     """Width (HR pixels) of the Gaussian blur before the x`scale` bicubic downscale that made
-    `img`, within SRMD's range for the scale: the median of `crop_widths` over `blur_crops` crops;
+    `img`, within SRMD's range for the scale: `map_width` over the curves of `blur_crops` crops;
     `sr` runs the SRMD the estimate is for. Measured accuracy: tests/test_estimate.py,
     benchmarks/README.md."""
     if int(scale) not in SIGMA_RANGE:
         raise ValueError(f"no blur estimator for x{scale} (x2, x3, x4)")
     n = noise_sigma(img) if noise is None else float(noise)
-    return float(np.median(crop_widths(img, scale, sr, n, blur_crops(scale))))
+    return map_width(crop_curves(img, scale, sr, n, blur_crops(scale)), n, scale)
 
 
 _ROUNDING_VAR = 1.0 / 12      # variance of uint8 rounding, per channel, on the 0-255 scale

@@ -176,7 +176,7 @@ def test_predict_blur_reads_a_candidate_map_in_the_shipped_form():
             "intercept": 1.3, "shift": 0.1}
     assert predict_blur(f, 2, flat) == pytest.approx(1.2)
     first = dict(flat, coef=[0.5] + [0.0] * (n - 1), intercept=0.0, shift=0.0)
-    assert predict_blur(f, 2, first) == pytest.approx(0.5 * f[0])       # f[0]: the minimiser, 1.1
+    assert predict_blur(f, 2, first) == pytest.approx(0.55)     # 0.5 x the curve's minimiser, 1.1 (a grid width)
     assert predict_blur(f, 2, dict(flat, intercept=9.0)) == SIGMA_RANGE[2][1]
     assert predict_blur(f, 2, dict(flat, top=[1.0, 0.7])) == pytest.approx(0.7)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from jobs import upscale_images
 from operators.base import RowWarning
+from tests.test_estimate import _tiny_srmd
 
 
 def _latest_rows(dst) -> dict[str, dict]:
@@ -27,13 +27,6 @@ def _flat(sigma: float, seed: int, size: int = 96) -> np.ndarray:
     """Mid-grey plus Gaussian noise of a known level: an estimate has only the noise to read."""
     rng = np.random.default_rng(seed)
     return np.clip(np.round(128 + sigma * rng.standard_normal((size, size, 3))), 0, 255).astype(np.uint8)
-
-
-def _tiny_srmd(path) -> str:
-    from models.srmd import SRMD
-    torch.manual_seed(0)
-    torch.save(SRMD(in_nc=19, nc=4, nb=3, scale=2).state_dict(), path)
-    return str(path)
 
 
 # ───────────────────────── fast: the routing of a row's warning, and the refusals ─────────────────────────
@@ -52,7 +45,7 @@ def test_a_row_warning_goes_to_its_entry_and_an_unmapped_one_names_its_frame():
 def test_each_estimate_is_a_warning_about_its_shots_first_row(tmp_path):
     import warnings
     from operators.upscale import Upscaler
-    up = Upscaler("srmd", weights=_tiny_srmd(tmp_path / "srmd.pth"), device="cpu",
+    up = Upscaler("srmd", weights=str(_tiny_srmd(tmp_path)), device="cpu",
                   degradation={"sigma": 1.0, "noise": "auto"})
     frames = np.stack([_flat(2, 0), _flat(12, 1), _flat(12, 1)])
     batch = {"frames": frames, "index": np.array([5, 9, 10]), "shot_start": np.array([True, True, False]),
@@ -140,7 +133,7 @@ def test_each_images_estimate_is_on_its_own_row_names_it_and_fills_the_degradati
     levels = {"n02.png": 2, "n06.png": 6, "n12.png": 12}
     for k, (name, sigma) in enumerate(levels.items()):
         Image.fromarray(_flat(sigma, k)).save(src / name)
-    assert upscale_images.main([str(src), str(dst), "--model", "srmd", "--weights", _tiny_srmd(tmp_path / "s.pth"),
+    assert upscale_images.main([str(src), str(dst), "--model", "srmd", "--weights", str(_tiny_srmd(tmp_path)),
                                 "--scale", "2", "--blur", "1.0", "--noise", "auto", "--no-progress"]) == 0
     out = capsys.readouterr().out
     rows = _latest_rows(dst)
@@ -162,7 +155,7 @@ def test_a_videos_estimate_names_the_frame_its_shot_starts_at(tmp_path, capsys):
     from pipeline.synth import make_clip
     clip = make_clip(str(tmp_path / "in.mp4"), frames=8, width=96, height=64, gop=4, audio=False)
     assert upscale_video.main([clip, str(tmp_path / "out.mkv"), "--model", "srmd", "--scale", "2", "--weights",
-                               _tiny_srmd(tmp_path / "s.pth"), "--blur", "1.0", "--noise", "auto",
+                               str(_tiny_srmd(tmp_path)), "--blur", "1.0", "--noise", "auto",
                                "--segment-frames", "4", "--encoder", "ffv1", "--no-progress"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "estimated degradation" in ln]
     named = [re.match(r"warning: frame (\d+): srmd x2: estimated degradation: noise ", ln) for ln in lines]

@@ -327,14 +327,17 @@ def validate_model(model: str, weights: str | None = None, scale: int | None = N
 
 
 def default_model(scale: int | None) -> str:
-    """The shipped model for the scale; bicubic (announced) while none ships."""
+    """The shipped model for the scale. A scale none ships is refused (before Ray), not quietly
+    run as bicubic: the user asked for a model's upscale and would get an interpolation."""
     import models
+    from pipeline.errors import InputError
     shipped = models.shipped_weights()
     name = f"rayscale-x{scale or 2}"
     if name in shipped:
         return name
-    print(f"note: no shipped model for x{scale or 2}; using bicubic (pass --model)", file=sys.stderr)
-    return "bicubic"
+    has = sorted(int(n.removeprefix("rayscale-x")) for n in shipped if n.removeprefix("rayscale-x").isdigit())
+    raise InputError(f"--scale {scale}: the default model rayscale-xS has {', '.join(f'x{s}' for s in has)} only; "
+                     f"pass --model for x{scale} (bicubic, lanczos, srmd, or a checkpoint trained for x{scale})")
 
 
 def exit_on_input_error(main):

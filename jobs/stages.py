@@ -108,6 +108,22 @@ def model_scale(model: str, weights: str | None, scale: int | None) -> int:
     return int(models.detect(path or model).scale)
 
 
+def lossy_note(model: str, results: dict) -> str | None:
+    """One line per job when lossy sources (JPEG, WebP) went through a bicubic-trained shipped
+    model (`rayscale-xS`): trained on clean downscales, it sharpens a codec's blocks into grids,
+    and `rayscale-real-xS` was trained on such input. `results`: this run's entries."""
+    import models
+    real = model.replace("rayscale-x", "rayscale-real-x", 1)
+    if not model.startswith("rayscale-x") or real not in models.shipped_weights():
+        return None
+    ran = [r for r in results.values() if "lossy" in r]      # reused entries carry no codec flag
+    lossy = sum(bool(r["lossy"]) for r in ran)
+    if not lossy:
+        return None
+    return (f"{lossy} of {len(ran)} source(s) lossy (JPEG/WebP): {model} is trained on clean bicubic downscales "
+            f"and sharpens their compression blocks into grids; --model {real} is trained for such input")
+
+
 def _face_stages(args, upscale, model: str, device: str, gpus: float, threads, still: bool) -> list:
     """detect -> track -> align on the LR frames, the background upscale, face SR in its own pool
     (its own actor count and device), paste back."""

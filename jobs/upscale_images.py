@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
                          exit_on_input_error, validate_model)
-from jobs.stages import add_compute_args, add_model_args, annotation_options, build_stages  # noqa: E402
+from jobs.stages import (add_compute_args, add_model_args, annotation_options, build_stages,  # noqa: E402
+                         lossy_note)
 
 STATE = ".rayscale"
 
@@ -163,6 +164,9 @@ def run_images(args, files, attempts: dict | None = None, log=print):
                      batch_size=args.batch_size, fuse=not args.no_fuse, progress=not args.no_progress)
     summary = engine.run(job)
     manifest.flush()
+    note = lossy_note(model, summary.results)
+    if note:
+        summary.notes.append(note)
     return summary, manifest, settings
 
 

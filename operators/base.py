@@ -28,6 +28,16 @@ class Operator:
         return None
 
 
+class RowWarning(UserWarning):
+    """A warning about one row of the batch, `index` being that row's `index` value: the stage
+    runner files it under the row's manifest entry (an image file), so it is not copied onto the
+    other files of the group, or, where rows are not entries (a video's frames), names the frame."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = int(index)
+
+
 def rows(batch: Batch) -> int:
     """Number of rows of a batch (its columns are equal-length)."""
     return len(next(iter(batch.values()))) if batch else 0

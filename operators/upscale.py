@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import models
 from models.spec import ModelSpec
 
+from .base import RowWarning
 from .tiling import tiled
 
 INTERPOLATORS = {"bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
@@ -57,8 +58,8 @@ def _kernel(d: dict, sigma: float | None = None):
 
 class AutoDegradation:
     """`--blur auto` / `--noise auto`: estimate (operators/estimate.py) the blur width and noise
-    level of each shot, set SRMD's degradation map for its frames, report each estimate (a warning
-    line) and store what was applied as the `degradation` column: (N, 2) float32 [blur sigma in HR
+    level of each shot, set SRMD's degradation map for its frames, report each estimate (a RowWarning
+    on the shot's first row: the engine names its file or frame) and store what was applied as the `degradation` column: (N, 2) float32 [blur sigma in HR
     px, noise on the 0-255 scale] (noise: the estimate, also for SRMDNF, which takes none). The
     noise is read on the opponent-colour channels (`estimate.opponent_noise`), or on R, G, B where the
     batch's `lossy` column marks the shot's first frame (JPEG, lossy video: chroma smoothed); beside
@@ -87,7 +88,7 @@ class AutoDegradation:
         self.set(blur, noise)
         return self.run(crop[None])[0]
 
-    def _estimate(self, frame: np.ndarray, lossy: bool) -> tuple[float, float]:
+    def _estimate(self, frame: np.ndarray, lossy: bool, index: int | None) -> tuple[float, float]:
         from .estimate import blur_sigma, noise_readings, told_noise
         d, s = self.d, self.spec.scale
         auto_blur, auto_noise = d.get("sigma") == AUTO, d.get("noise") == AUTO
@@ -98,20 +99,23 @@ class AutoDegradation:
         noise = told_noise(rgb, opp, s, lossy) if auto_blur and auto_noise else opp
         what = [f"blur sigma {blur:.2f} HR px" if auto_blur else None,
                 f"noise {noise:.1f}/255" + (" (SRMDNF: not applied)" if self.nf else "") if auto_noise else None]
-        warnings.warn(f"{self.spec.variant} x{s}: estimated degradation: "
-                      f"{', '.join(w for w in what if w)}", stacklevel=3)
+        line = f"{self.spec.variant} x{s}: estimated degradation: {', '.join(w for w in what if w)}"
+        # about this row alone: the runner names its file (or frame) and files it under that entry
+        warnings.warn(line if index is None else RowWarning(line, index), stacklevel=3)
         return blur, noise
 
     def apply(self, frames: np.ndarray, shot_start: np.ndarray | None = None,
-              lossy: np.ndarray | None = None) -> np.ndarray:
-        """(N, 2) [blur, noise] for the frames, estimating at each new shot."""
+              lossy: np.ndarray | None = None, index: np.ndarray | None = None) -> np.ndarray:
+        """(N, 2) [blur, noise] for the frames, estimating at each new shot (`index`: the batch's
+        row identities, which each estimate's warning carries)."""
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
             lum = f.mean(-1) if f.ndim == 3 else f
             hist = np.histogram(lum, bins=32, range=(0, 255 if f.dtype == np.uint8 else 65535))[0] / lum.size
             if (self.ref is None or self.ref[1] != f.shape or np.abs(hist - self.ref[0]).sum() > self.SHOT_CUT
                     or (shot_start is not None and shot_start[i])):
-                self.ref = (hist, f.shape) + self._estimate(f, bool(lossy is not None and lossy[i]))
+                self.ref = (hist, f.shape) + self._estimate(f, bool(lossy is not None and lossy[i]),
+                                                            None if index is None else int(index[i]))
             out[i] = self.ref[2:]
         return out
 
@@ -170,7 +174,8 @@ class Upscaler:
             flag = INTERPOLATORS[self.model_name]
             up = np.stack([cv2.resize(f, None, fx=self.scale, fy=self.scale, interpolation=flag) for f in frames])
         else:
-            deg = self.auto.apply(frames, batch.get("shot_start"), batch.get("lossy")) if self.auto is not None else None
+            deg = self.auto.apply(frames, batch.get("shot_start"), batch.get("lossy"),
+                                  batch.get("index")) if self.auto is not None else None
             if deg is None:
                 up = self._network(frames)
             else:                        # runs of frames with one degradation (a shot) share a call

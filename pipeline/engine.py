@@ -245,8 +245,27 @@ class OperatorActor:
             columns = {k: v for k, v in columns.items() if k in self.keep}
         meta["timings"] = timings
         if caught:
-            meta["warnings"] = list(meta.get("warnings", ())) + [str(w.message) for w in caught]
+            file_warnings(meta, [w.message for w in caught])
         return {"columns": columns, "meta": meta}
+
+
+def file_warnings(meta: dict, messages: list) -> None:
+    """Put an operator's warnings in the envelope: one about a row (operators.base.RowWarning)
+    whose `index` the source mapped to an entry (`meta["entries"]`: an image file) under that
+    entry in `meta["entry_warnings"]`, so it is not copied onto the rest of the group; the others
+    item-wide in `meta["warnings"]` (a row of a video segment named by its frame number)."""
+    entries = meta.get("entries", {})
+    item = list(meta.get("warnings", ()))
+    per_entry = {k: list(v) for k, v in meta.get("entry_warnings", {}).items()}
+    for m in messages:
+        index = getattr(m, "index", None)
+        if index in entries:
+            per_entry.setdefault(entries[index], []).append(str(m))
+        else:
+            item.append(str(m) if index is None else f"frame {index}: {m}")
+    meta["warnings"] = item
+    if per_entry:
+        meta["entry_warnings"] = per_entry
 
 
 class Pool:
@@ -336,6 +355,7 @@ class WriterActor:
             raise self.failed from None
         # progress counts rows written, and entries that failed (so the bar still reaches its end)
         return {"rows": n, "units": n + len(meta.get("failed", ())), "warnings": list(meta.get("warnings", ())),
+                "entry_warnings": dict(meta.get("entry_warnings", {})),
                 "timings": dict(meta.get("timings", {})), "failed": dict(meta.get("failed", {}))}
 
     def close(self) -> dict:
@@ -572,7 +592,8 @@ class _ItemState:
         self.units = 0
         self.error: str | None = None
         self.failed: dict[str, str] = {}
-        self.warnings: list[str] = []
+        self.warnings: list[str] = []                    # the item's (a video segment's)
+        self.entry_warnings: dict[str, list[str]] = {}   # entry id -> its own (an image file's)
         self.t0 = time.perf_counter()
 
 
@@ -681,13 +702,14 @@ class _Scheduler:
                 rows_out.append(self._entry_row(e, status="failed", error=msg))
                 continue
             res = dict(res)
-            own = list(res.pop("warnings", ()))          # the entry's own (an image's write notes)
+            # the entry's own (an image's read and write notes, its estimate), each naming its file
+            own = [_named(e, w) for w in st.entry_warnings.get(e.id, []) + list(res.pop("warnings", ()))]
             self.summary.warnings.extend(own)
             self.summary.results[e.id] = res
             self.summary.entries += 1
             if res.get("incomplete"):
                 self.summary.incomplete.append(res["incomplete"])
-            # an item's warnings (estimated degradation, repeated frames) go with each of its entries
+            # an item's warnings (a segment's repeated frames, estimates) go with each of its entries
             notes = "\n".join(dict.fromkeys(own + st.warnings)) or None
             rows_out.append(self._entry_row(e, status="done", seconds=seconds / max(1, len(item.entries)),
                                             notes=notes, **{k: v for k, v in res.items() if k != "incomplete"}))
@@ -741,6 +763,8 @@ class _Scheduler:
         self.bar.update(n)
         self.summary.warnings.extend(r["warnings"])
         st.warnings.extend(r["warnings"])
+        for entry, lines in r["entry_warnings"].items():     # named and counted when the item finishes
+            st.entry_warnings.setdefault(entry, []).extend(lines)
         for k, v in r["timings"].items():
             self.summary.stage_seconds[k] = self.summary.stage_seconds.get(k, 0) + v
 
@@ -805,6 +829,12 @@ class _Scheduler:
                 finished, _ = ray.wait(list(self.ack_owner), num_returns=len(self.ack_owner), timeout=0)
                 for ack in finished:
                     self.on_ack(ack)
+
+
+def _named(e: Entry, text: str) -> str:
+    """A line about an entry, starting with its file."""
+    where = e.path or e.id
+    return text if text.startswith(where) else f"{where}: {text}"
 
 
 def one_line(e: BaseException) -> str:

@@ -95,7 +95,9 @@ def read_group(item: Item, opts: ReadOptions):
             meta = {"item": item.key, "units": len(chunk), "timings": {"read": decode if first else 0.0},
                     "pictures": {c[0]: _meta_only(c[1]) for c in chunk},
                     "hashes": {c[0]: c[3] for c in chunk},
-                    "warnings": [n for c in chunk for n in c[1].notes]}
+                    # each file's notes are its own; a stage's warning about a row goes to its file
+                    "entries": {c[0]: item.payload[c[0]][0] for c in chunk},
+                    "entry_warnings": {item.payload[c[0]][0]: list(c[1].notes) for c in chunk if c[1].notes}}
             if first:
                 meta["failed"] = failed
                 first = False
@@ -170,13 +172,15 @@ class _GroupWriter(engine.ItemWriter):
                 write_image(out, rgb, a, pic, format=self.opts.format, quality=self.opts.quality,
                             **dict(self.opts.options))
             res = {"output": out, "frames": 1, "hash": hashes.get(pos)}
+            if "lossy" in columns:           # the job's note on lossy sources counts these
+                res["lossy"] = bool(columns["lossy"][i])
             if "reference" in columns:
                 lr = columns["lr"][i] if "lr" in columns else None
                 res.update(quality(rgb, columns["reference"][i], self.scale, lr))
+            if "degradation" in columns:     # what SRMD was given for this image (--blur/--noise auto)
+                blur, noise = (round(float(v), 2) for v in columns["degradation"][i])
+                res["degradation"] = {"blur_sigma": blur, "noise": noise}
             notes = [str(w.message) for w in caught]
-            if "degradation" in columns:     # the group's estimates are item notes: say which is this image's
-                blur, noise = (float(v) for v in columns["degradation"][i])
-                notes.append(f"degradation applied: blur sigma {blur:.2f} HR px, noise {noise:.1f}/255")
             if notes:
                 res["warnings"] = notes
             self.results[rel] = res

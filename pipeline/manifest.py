@@ -57,6 +57,7 @@ SCHEMA = pa.schema([
     ("ssim_bicubic", pa.float64()),
     ("error", pa.string()),
     ("notes", pa.string()),         # the item's warnings, one per line (estimated degradation, repeated frames)
+    ("degradation", pa.string()),   # JSON {"blur_sigma", "noise"} SRMD was given (--blur/--noise auto); older parts lack it
     ("attempts", pa.int64()),       # attempts so far, this one included; written by the engine
     ("run", pa.string()),           # run id of the writer
     ("updated", pa.timestamp("us")),  # UTC
@@ -64,7 +65,7 @@ SCHEMA = pa.schema([
 ])
 FIELDS = frozenset(SCHEMA.names)
 ALIASES = {"source": "path", "source_size": "size", "source_mtime": "mtime"}  # the video job's names
-JSON_COLUMNS = ("stages", "timings")
+JSON_COLUMNS = ("stages", "timings", "degradation")
 TERMINAL = ("done", "failed")
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 ROW_GROUP = 65536   # rows; reads of the latest rows go one row group at a time

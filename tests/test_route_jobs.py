@@ -1,5 +1,7 @@
 """The face and SFTGAN routes through the jobs, on the engine: faces.parquet and its counts, the
 no-face note, fused and unfused SFTGAN giving the same pixels, segmentation maps saved."""
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -104,10 +106,9 @@ def test_estimated_degradation_is_printed_and_kept_in_the_manifest(tmp_path, cap
     latest = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()
     assert "estimated degradation" in latest["noisy.png"]["notes"]
 
-    def applied(name):          # the row's own line: the group's estimate lines name no file
-        line = [x for x in latest[name]["notes"].splitlines() if x.startswith("degradation applied")]
-        assert len(line) == 1, latest[name]["notes"]
-        return float(line[0].split("blur sigma ")[1].split(" ")[0]), float(line[0].split("noise ")[1].split("/")[0])
+    def applied(name):          # the row's own degradation column
+        d = json.loads(latest[name]["degradation"])
+        return d["blur_sigma"], d["noise"]
     blur, level = applied("noisy.png")
     assert 6 < level < 14, latest["noisy.png"]["notes"]        # 10/255 was added
     assert 0.2 <= blur <= 0.9, latest["noisy.png"]["notes"]    # every other pixel, no blur: SRMD's narrowest
@@ -138,7 +139,6 @@ def test_noise_of_jpeg_files_is_read_on_rgb_and_of_png_files_on_the_opponent_cha
     latest = Manifest(tmp_path / "out" / ".rayscale" / "manifest").latest()
 
     def applied(name):
-        line = [x for x in latest[name]["notes"].splitlines() if x.startswith("degradation applied")]
-        return float(line[0].split("noise ")[1].split("/")[0])
-    assert applied("b.jpg") == pytest.approx(noise_sigma(jpeg), abs=0.06)         # one decimal in the note
+        return json.loads(latest[name]["degradation"])["noise"]
+    assert applied("b.jpg") == pytest.approx(noise_sigma(jpeg), abs=0.06)         # two decimals in the column
     assert applied("a.png") == pytest.approx(opponent_noise(img), abs=0.06) and 7 < applied("a.png") < 9

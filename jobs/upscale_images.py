@@ -88,7 +88,8 @@ def check_paths(args) -> None:
     if os.path.isdir(args.src) and os.path.isdir(args.dst) and os.path.samefile(args.src, args.dst):
         # also through a symlink; outputs would replace their sources, or mix with them and be
         # listed as sources by the next run. A DST inside SRC is fine: the listing leaves it out.
-        raise InputError(f"{args.dst}: DST is the source folder {args.src}; choose another DST")
+        raise InputError(f"{args.dst}: DST is the source folder {args.src}: each output would replace its input; "
+                         f"choose another DST")
     dst = Path(args.dst)
     if dst.exists() and not dst.is_dir():
         raise InputError(f"{args.dst}: exists and is not a folder")

@@ -86,6 +86,11 @@ def check_paths(args) -> None:
     check_job_paths(src=args.src, dst=args.dst, weights=args.weights, reference=args.reference)
     if not os.path.exists(args.src):
         raise InputError(f"{args.src}: no such file or folder")
+    if os.path.isdir(args.src) and os.path.isdir(args.dst) and os.path.samefile(args.src, args.dst):
+        # also through a symlink; outputs would replace their sources, or mix with them and be
+        # listed as sources by the next run. A DST inside SRC is fine: the listing leaves it out.
+        raise InputError(f"{args.dst}: DST is the source folder {args.src}: each output would replace its input; "
+                         f"choose another DST")
     dst = Path(args.dst)
     if dst.exists() and not dst.is_dir():
         raise InputError(f"{args.dst}: exists and is not a folder")
@@ -139,8 +144,31 @@ def items_started(manifest, settings: str) -> set[str]:
     return set(t.filter(pc.equal(t["settings"], settings))["item"].to_pylist())
 
 
-def run_images(args, files, attempts: dict | None = None, log=print):
-    """Build the engine job for `files` and run it; returns (summary, manifest, stages)."""
+def remove_partial_writes(dst, src) -> list[str]:
+    """Remove the temporary files of image writes a kill cut short under DST (the caller holds
+    DST's job lock, so no live write owns them): write_image's naming pattern only. Skipped:
+    hidden folders (the job's state), folders that are another job's DST (their own STATE, under
+    their own lock) and SRC when it lies under DST (the user's files); symlinks are never
+    followed, so nothing outside DST is touched. Returns the paths removed."""
+    from pipeline.imageio import is_partial_write
+    src = os.path.realpath(src)
+
+    def ours(folder: Path) -> bool:
+        return not folder.name.startswith(".") and not (folder / STATE).is_dir() and os.path.realpath(folder) != src
+
+    removed = []
+    for folder, dirs, names in os.walk(dst):
+        dirs[:] = [d for d in dirs if ours(Path(folder) / d)]
+        for p in (Path(folder) / n for n in names if is_partial_write(n)):
+            if not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+    return removed
+
+
+def run_images(args, files, attempts: dict | None = None, log=print, outputs: dict | None = None):
+    """Build the engine job for `files` and run it; returns (summary, manifest, stages).
+    `outputs`: plan_files' answer when the caller already has it."""
     from pipeline import engine
     from pipeline.images import ImageSink, ImageSource, ReadOptions, WriteOptions
     from pipeline.manifest import Manifest
@@ -148,7 +176,10 @@ def run_images(args, files, attempts: dict | None = None, log=print):
     stages = build_stages(args, model, still=True)
     manifest = Manifest(state_dir(args.dst) / "manifest")
     settings = settings_hash(args, stages)
-    outputs = plan_files(args, files)
+    outputs = plan_files(args, files) if outputs is None else outputs
+    partial = remove_partial_writes(args.dst, args.src)
+    if partial:
+        log(f"{args.dst}: removed {len(partial)} partial file(s) left by an interrupted run")
     files = existing_outputs(files, outputs, items_started(manifest, settings), args.overwrite)
     ropts = ReadOptions(batch_size=args.batch_size, max_pixels=args.max_pixels, min_size=2,
                         reference_dir=args.reference, downscale=args.downscale,
@@ -246,8 +277,8 @@ def main(argv=None) -> int:
     from pipeline.lock import JobLock
     prepare(args)
     files = list_sources(args.src, exclude=[args.dst])
+    outputs = plan_files(args, files)      # before Ray and before DST is written to: it may refuse the job
     if args.dry_run:
-        outputs = plan_files(args, files)
         bad = [f for f in files if not f.ok]
         print(f"{len(files)} file(s) under {args.src}: {len(files) - len(bad)} to upscale with {args.model}, "
               f"{len(bad)} unreadable")
@@ -260,7 +291,7 @@ def main(argv=None) -> int:
     with JobLock(state_dir(args.dst) / "job", what="rayscale job on this DST"):
         connect_ray(args)
         try:
-            summary, manifest, settings = run_images(args, files)
+            summary, manifest, settings = run_images(args, files, outputs=outputs)
         except KeyboardInterrupt:
             print(f"{args.dst}: interrupted; finished images are kept and recorded; rerun to continue",
                   file=sys.stderr)

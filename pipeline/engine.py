@@ -379,11 +379,13 @@ class DiskFull(RuntimeError):
     """No space left where the sink writes: the job stops (every item would fail the same way)."""
 
 
-def disk_full(e: BaseException) -> DiskFull | None:
+def disk_full(e: BaseException, folder: str | None = None) -> DiskFull | None:
+    """A DiskFull naming the folder of the file written (or `folder`, for writers such as
+    pyarrow's whose errors name no file), or None when `e` is another error."""
     import errno
     if getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e):
-        where = getattr(e, "filename", None) or ""
-        return DiskFull(f"no space left on {os.path.dirname(str(where)) or 'the output device'}")
+        where = os.path.dirname(str(getattr(e, "filename", None) or "")) or folder
+        return DiskFull(f"no space left on {where or 'the output device'}")
     return None
 
 
@@ -575,7 +577,10 @@ def run(job: Job) -> Summary:
         for p in pools:
             p.kill()
         if job.manifest is not None and hasattr(job.manifest, "flush"):
-            job.manifest.flush()
+            try:
+                job.manifest.flush()
+            except OSError as e:
+                raise (disk_full(e, getattr(job.manifest, "root", None)) or e) from None
     t0 = time.perf_counter()
     job.sink.on_write_complete(summary.results, summary)
     summary.stage_seconds["finalize"] = summary.stage_seconds.get("finalize", 0.0) + time.perf_counter() - t0
@@ -634,7 +639,7 @@ class _Scheduler:
         try:
             m.append(rows, durable=durable)
         except OSError as e:
-            raise (disk_full(e) or e) from None
+            raise (disk_full(e, getattr(m, "root", None)) or e) from None
 
     def _entry_row(self, e: Entry, **kw) -> dict:
         row = {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,
@@ -718,9 +723,10 @@ class _Scheduler:
     def _retry(self, st: _ItemState) -> bool:
         """A worker that died (killed, out of memory) costs the item a retry, with back-off and
         less work in flight; input errors are not retried (they would fail again)."""
-        if st.error.startswith("fatal: "):
+        if st.error.startswith("fatal: "):      # disk full: the job stops; the item is left for the next run
             self.stopping = st.error
-            return False
+            self._set_aside(st)
+            return True
         if self.attempts.get(st.item.key, 0) > self.job.item_retries or not st.error.startswith("retry: "):
             if "out of memory" in st.error:
                 st.error += "; try --tile 256 (or smaller), fewer --actors or a smaller --batch-size"
@@ -737,6 +743,19 @@ class _Scheduler:
             self.bar.update(-st.units)
         self.pending.appendleft(st.item)
         return True
+
+    def _set_aside(self, st: _ItemState) -> None:
+        """An item the job stopped on (disk full): its bad entries keep their own reasons; the
+        others go back to pending with the attempts they had (the item did not fail, the disk
+        did; what of it reached the disk is redone by the next run)."""
+        rows = []
+        for e in st.item.entries:
+            if e.id in st.failed:
+                self.summary.failed.append(st.failed[e.id])
+                rows.append(self._entry_row(e, status="failed", error=st.failed[e.id]))
+            else:
+                rows.append(self._entry_row(e, status="pending", attempts=e.attempts))
+        self._manifest(rows, durable=True)
 
     def on_ack(self, ack) -> None:
         st, slots = self.ack_owner.pop(ack)
@@ -802,10 +821,7 @@ class _Scheduler:
     def run(self, items: list[Item]) -> None:
         self.pending: deque = deque(items)
         while self.pending or self.active:
-            if self.stopping:                 # disk full: let open items end, start no new one
-                for item in self.pending:
-                    for e in item.entries:
-                        self.summary.failed.append(f"{e.path or e.id}: not started: {self.stopping[7:]}")
+            if self.stopping:                 # disk full: let open items end, start no new one (they stay pending)
                 self.pending.clear()
             while self.pending and len(self.active) < self.max_active:
                 self.open(self.pending.popleft())
@@ -829,6 +845,8 @@ class _Scheduler:
                 finished, _ = ray.wait(list(self.ack_owner), num_returns=len(self.ack_owner), timeout=0)
                 for ack in finished:
                     self.on_ack(ack)
+        if self.stopping:      # one line for the job (what finished is recorded), not one per item
+            raise DiskFull(self.stopping.removeprefix("fatal: "))
 
 
 def _named(e: Entry, text: str) -> str:

@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import io
 import os
+import re
 import struct
 import tempfile
 import warnings
@@ -26,13 +27,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from pipeline.errors import InputError
 
 # Pillow's own default; above it a file is a decompression bomb unless the caller raises the limit.
 DEFAULT_MAX_PIXELS = 89_478_485
 MIN_SIZE = 2                       # a 1x1 image cannot be upscaled by any of the models
+# Pillow stops a PNG's compressed chunks at 1 MiB (a guard against text bombs), which also refuses
+# the iCCP of a valid file whose profile is larger (print/device-link profiles are several MiB; a
+# JPEG carries up to ~16 MiB in its APP2 markers). Raised to this for every compressed chunk; the
+# total of text chunks stays capped by Pillow's MAX_TEXT_MEMORY (64 MiB).
+MAX_PNG_CHUNK = 64 << 20
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".webp": "WEBP",
               ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -127,8 +133,10 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = MIN_S
             # Pillow raises DecompressionBombError above 2x its own limit; rayscale's limit rules
             # (process-wide: the limit only ever goes up, and we check every file ourselves).
             Image.MAX_IMAGE_PIXELS = max_pixels
+        PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, MAX_PNG_CHUNK)
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(record=True) as opened:     # JPEG/TIFF parse their EXIF here
+                warnings.simplefilter("always")
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im = Image.open(fh)
         except Image.DecompressionBombError as e:
@@ -136,6 +144,9 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = MIN_S
         except UnidentifiedImageError:
             raise ImageError(path, "not_image", "not an image (no known image format in its content)") from None
         except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
+            if "MAX_TEXT_CHUNK" in str(e):
+                raise ImageError(path, "too_large", f"a PNG chunk (ICC profile or text) decompresses to more "
+                                                    f"than {MAX_PNG_CHUNK >> 20} MiB") from None
             raise ImageError(path, "truncated", f"corrupt image header ({_short(e)})") from None
         with im:
             fmt = im.format
@@ -159,7 +170,7 @@ def read_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = MIN_S
                 raise ImageError(path, "truncated", f"truncated or corrupt {fmt} data ({_short(e)})") from None
             except MemoryError:
                 raise ImageError(path, "too_large", f"out of memory decoding {w}x{h}") from None
-            return _to_picture(path, im, fmt, deep)
+            return _to_picture(path, im, fmt, deep, opened)
 
 
 def _short(e: BaseException) -> str:
@@ -173,15 +184,10 @@ def _rawmode(im) -> str:
     return args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else "")
 
 
-def _to_picture(path: Path, im: Image.Image, fmt: str, deep_raw: str) -> Picture:
+def _to_picture(path: Path, im: Image.Image, fmt: str, deep_raw: str, opened: list) -> Picture:
+    """`opened`: the warnings Pillow gave while opening the file."""
     icc = im.info.get("icc_profile") or None
-    notes: list[str] = []
-    try:
-        exif = im.getexif()
-        orientation = int(exif.get(ORIENTATION, 1) or 1)
-    except Exception as e:     # noqa: BLE001 - a malformed EXIF block must not cost the picture
-        notes.append(f"EXIF unreadable ({_short(e)}); dropped, orientation not applied")
-        exif, orientation = Image.Exif(), 1
+    exif_bytes, orientation, notes = _read_exif(path, im, fmt, opened)
     frames = getattr(im, "n_frames", 1) or 1
     if frames > 1:
         notes.append(f"{frames} frames/pages: the first only")
@@ -232,10 +238,35 @@ def _to_picture(path: Path, im: Image.Image, fmt: str, deep_raw: str) -> Picture
     rgb = orient(np.ascontiguousarray(rgb), orientation)
     if alpha is not None:
         alpha = orient(np.ascontiguousarray(alpha), orientation)
-    exif_bytes = _reset_orientation(exif, fmt) if len(exif) else None
     h, w = rgb.shape[:2]
     return Picture(rgb=rgb, alpha=alpha, mode=mode, format=fmt, size=(w, h), exif=exif_bytes, icc=icc,
                    path=str(path), cmyk_conversion=cmyk, notes=notes)
+
+
+def _read_exif(path: Path, im: Image.Image, fmt: str, opened: list) -> tuple[bytes | None, int, list[str]]:
+    """The EXIF to carry over (orientation reset to 1), the orientation to apply, and notes. A
+    corrupt block makes Pillow's IFD parser warn once per bad tag without naming the file (raw
+    lines on the job's stderr), at open (JPEG, TIFF) or here: it is dropped whole (what survives
+    of it is not trustworthy) with one note that names the file; its orientation, when readable,
+    is still applied (the output has none). Pillow's other warnings at open become notes."""
+    notes = [f"{path}: {_short(w.message)}" for w in opened if not _from_ifd_parser(w)]
+    caught = [w for w in opened if _from_ifd_parser(w)]
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        try:
+            exif = im.getexif()
+            orientation = int(exif.get(ORIENTATION, 1) or 1)
+            data = _reset_orientation(exif, fmt) if len(exif) else None
+        except Exception as e:     # noqa: BLE001 - a malformed EXIF block must not cost the picture
+            return None, 1, notes + [f"{path}: EXIF unreadable ({_short(e)}); dropped, orientation not applied"]
+    caught += later
+    if caught:
+        return None, orientation, notes + [f"{path}: EXIF corrupt ({_short(caught[0].message)}); dropped"]
+    return data, orientation, notes
+
+
+def _from_ifd_parser(w: warnings.WarningMessage) -> bool:
+    return os.path.basename(w.filename) == "TiffImagePlugin.py"
 
 
 def _decode_deep(path: Path, im: Image.Image, fmt: str, raw: str, notes: list):
@@ -504,9 +535,20 @@ def _png_add_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     return png[:end] + extra + png[end:]
 
 
+# _atomic_write's temporary names: ".NAME." + mkstemp's 8 random characters + ".tmp"
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(_TMP_SUFFIX))
+
+
+def is_partial_write(name: str) -> bool:
+    """`name` is one of _atomic_write's temporary files for an image (left by a killed write)."""
+    m = _TMP_NAME.fullmatch(name)
+    return bool(m) and image_format(m["name"]) is not None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -514,11 +556,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and not e.filename:
+            # write() names no file: name it, so the job can say which disk is full
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     try:                                   # the rename itself survives a power cut
         dfd = os.open(path.parent, os.O_RDONLY)

@@ -81,10 +81,9 @@ def settings_hash(args, stages) -> str:
 
 def check_paths(args) -> None:
     """Refusals that need no Ray: SRC exists, DST can be made, no output would replace its input."""
-    from pipeline.errors import InputError
+    from pipeline.errors import InputError, stat_input
     check_job_paths(src=args.src, dst=args.dst, weights=args.weights, reference=args.reference)
-    if not os.path.exists(args.src):
-        raise InputError(f"{args.src}: no such file or folder")
+    stat_input(args.src, missing="no such file or folder")
     dst = Path(args.dst)
     if dst.exists() and not dst.is_dir():
         raise InputError(f"{args.dst}: exists and is not a folder")

@@ -75,6 +75,9 @@ def connect_ray(args) -> None:
         text = str(e).strip().splitlines()
         where = f"Ray at {address}" if address else "an embedded Ray"
         raise RayUnavailable(f"cannot start or reach {where}: {text[0] if text else type(e).__name__}") from None
+    finally:
+        if held is not None:
+            logging.getLogger("ray._private").removeHandler(held)
     _stop_on_sigterm()
     if held is not None:
         _quiet_embedded_ray(ray, held)
@@ -113,7 +116,7 @@ def _hold_ray_log() -> logging.handlers.MemoryHandler:
     held = logging.handlers.MemoryHandler(capacity=1, flushLevel=logging.CRITICAL + 1)  # no target yet: keeps all
     # ray.init(configure_logging=False) empties the "ray" logger's handlers (its lines would then
     # reach the terminal through logging's last resort), not those of "ray._private", where the
-    # banner is logged: held there until ray.init returns
+    # banner is logged: held there while ray.init runs
     logging.getLogger("ray._private").addHandler(held)
     return held
 
@@ -121,19 +124,18 @@ def _hold_ray_log() -> logging.handlers.MemoryHandler:
 def _quiet_embedded_ray(ray, held: logging.handlers.MemoryHandler) -> None:
     """Once the embedded Ray runs: its Python log lines go to its session's log folder, and its
     notices stay off the terminal."""
-    logging.getLogger("ray._private").removeHandler(held)
     logging.getLogger("ray").addHandler(held)
     try:
         logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-        log = logging.FileHandler(logs / f"rayscale-driver-{os.getpid()}.log")
-        log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        held.setTarget(log)
-        held.flush()
+        target = logging.FileHandler(logs / f"rayscale-driver-{os.getpid()}.log")
+        target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     except (AttributeError, OSError):
-        pass   # no folder: Ray's lines are dropped, never shown
-    # the driver's error listener prints Ray's task-retry notices as coloured "(raylet)" lines on
-    # stdout (the raylet and core worker logs hold them too); this is the switch Ray's own
-    # debugger uses to mute worker output
+        target = logging.NullHandler()   # no folder: Ray's lines are dropped, never shown
+    held.setTarget(target)
+    held.flush()
+    # the driver's error listener prints Ray's notices (task retries, dead workers) as coloured
+    # "(raylet)" lines on stdout; the raylet's own logs hold them too. This is the switch Ray's
+    # debugger uses to mute worker output on the driver.
     if hasattr(ray._private.worker, "_worker_logs_enabled"):
         ray._private.worker._worker_logs_enabled = False
 

@@ -3,10 +3,13 @@ made before Ray starts (a refusal costs no Ray start-up and leaves nothing behin
 from __future__ import annotations
 
 import functools
+import logging
+import logging.handlers
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -57,11 +60,14 @@ def connect_ray(args) -> None:
         # a driver outside `ray job submit`: ship this checkout to the cluster's workers
         env = {"working_dir": str(ROOT), "excludes": [".venv", ".git", "*.parts", "__pycache__", "out"]}
     kwargs = dict(address=address, runtime_env=env, log_to_driver=True)
-    reaper = None
+    reaper = held = None
     if not address:
+        # a private Ray says nothing the user did not cause: its workers' output stays in its logs
+        # (the jobs report their warnings and failures themselves, in the summary)
         kwargs.update(address="local", num_cpus=args.num_cpus or max(2, os.cpu_count() or 1),
-                      include_dashboard=False, configure_logging=False)
+                      include_dashboard=False, configure_logging=False, log_to_driver=False)
         os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        held = _hold_ray_log()
         reaper = _start_reaper()
     try:
         ray.init(**kwargs)
@@ -69,8 +75,69 @@ def connect_ray(args) -> None:
         text = str(e).strip().splitlines()
         where = f"Ray at {address}" if address else "an embedded Ray"
         raise RayUnavailable(f"cannot start or reach {where}: {text[0] if text else type(e).__name__}") from None
+    finally:
+        if held is not None:
+            logging.getLogger("ray._private").removeHandler(held)
+    _stop_on_sigterm()
+    if held is not None:
+        _quiet_embedded_ray(ray, held)
     if reaper is not None:
         _tell_reaper(reaper)
+
+
+# ------------------------------------------------------------------- stopping and quiet
+
+_STOPPED_BY: list[int] = []   # the signal that stopped the job, when one did
+
+
+def _stop(signum, frame):
+    """The jobs' Ctrl-C path (KeyboardInterrupt) for another signal; the exit code remembers which."""
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the job as Ctrl-C does (finished work kept, one line). Called after
+    ray.init: Ray's core worker takes SIGTERM over there with a handler that prints a stack dump
+    and aborts (exit -6)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+
+
+def interrupted_code(code: int) -> int:
+    """The jobs answer an interrupt with 130 (Ctrl-C's code); a SIGTERM's is 143 (128 + 15)."""
+    return 128 + _STOPPED_BY[0] if code == 130 and _STOPPED_BY else code
+
+
+def _hold_ray_log() -> logging.handlers.MemoryHandler:
+    """Ray's own Python log lines (its token-authentication banner during ray.init, notices of
+    unhandled task errors at shutdown) leave the terminal: held here until the embedded Ray's
+    log folder exists, then written there (_quiet_embedded_ray)."""
+    held = logging.handlers.MemoryHandler(capacity=1, flushLevel=logging.CRITICAL + 1)  # no target yet: keeps all
+    # ray.init(configure_logging=False) empties the "ray" logger's handlers (its lines would then
+    # reach the terminal through logging's last resort), not those of "ray._private", where the
+    # banner is logged: held there while ray.init runs
+    logging.getLogger("ray._private").addHandler(held)
+    return held
+
+
+def _quiet_embedded_ray(ray, held: logging.handlers.MemoryHandler) -> None:
+    """Once the embedded Ray runs: its Python log lines go to its session's log folder, and its
+    notices stay off the terminal."""
+    logging.getLogger("ray").addHandler(held)
+    try:
+        logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+        target = logging.FileHandler(logs / f"rayscale-driver-{os.getpid()}.log")
+        target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    except (AttributeError, OSError):
+        target = logging.NullHandler()   # no folder: Ray's lines are dropped, never shown
+    held.setTarget(target)
+    held.flush()
+    # the driver's error listener prints Ray's notices (task retries, dead workers) as coloured
+    # "(raylet)" lines on stdout; the raylet's own logs hold them too. This is the switch Ray's
+    # debugger uses to mute worker output on the driver.
+    if hasattr(ray._private.worker, "_worker_logs_enabled"):
+        ray._private.worker._worker_logs_enabled = False
 
 
 # ------------------------------------------------------------------- the embedded Ray's watchdog
@@ -236,15 +303,14 @@ def check_job_paths(**paths) -> None:
 
 
 def validate_input(path: str) -> None:
-    from pipeline.errors import InputError
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such file")
-    if p.is_dir():
+    import stat
+    from pipeline.errors import InputError, stat_input
+    st = stat_input(path)
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: is a directory, not a file")
-    if not os.access(p, os.R_OK):
+    if not os.access(path, os.R_OK):
         raise InputError(f"{path}: not readable (permission denied)")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise InputError(f"{path}: empty file")
 
 
@@ -349,7 +415,10 @@ def exit_on_input_error(main):
         from pipeline.engine import DiskFull
         from pipeline.errors import InputError
         try:
-            return main(*a, **kw)
+            return interrupted_code(main(*a, **kw))
+        except KeyboardInterrupt:   # outside the jobs' own handlers: nothing started is lost
+            print("interrupted", file=sys.stderr)
+            return interrupted_code(130)
         except (InputError, CheckpointError, UnknownCheckpoint) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -82,10 +82,9 @@ def settings_hash(args, stages) -> str:
 
 def check_paths(args) -> None:
     """Refusals that need no Ray: SRC exists, DST can be made, no output would replace its input."""
-    from pipeline.errors import InputError
+    from pipeline.errors import InputError, stat_input
     check_job_paths(src=args.src, dst=args.dst, weights=args.weights, reference=args.reference)
-    if not os.path.exists(args.src):
-        raise InputError(f"{args.src}: no such file or folder")
+    stat_input(args.src, missing="no such file or folder")
     if os.path.isdir(args.src) and os.path.isdir(args.dst) and os.path.samefile(args.src, args.dst):
         # also through a symlink; outputs would replace their sources, or mix with them and be
         # listed as sources by the next run. A DST inside SRC is fine: the listing leaves it out.

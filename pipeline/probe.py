@@ -5,14 +5,14 @@ every decoded frame can be checked against it."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, stat_input
 from .frames import has_alpha
 
 # demuxers of single pictures: one frame from them is a photo, not a clip
@@ -46,6 +46,7 @@ class VideoInfo:
     promised_frames: int | None = None   # frames the container's index announces (MP4/MOV), if any
     incomplete_packets: int = 0     # packets cut short by the end of the file (left out of pts)
     read_error: str | None = None   # why reading stopped early, if it did
+    notes: list[str] = field(default_factory=list)   # what the job leaves as it is: one line each
 
     @property
     def frame_count(self) -> int:
@@ -98,12 +99,10 @@ def _fail(path, reason: str):
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     path = str(path)
-    p = Path(path)
-    if not p.exists():
-        _fail(path, "no such file")
-    if p.is_dir():
+    st = stat_input(path)
+    if stat.S_ISDIR(st.st_mode):
         _fail(path, "is a directory, not a video file")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         _fail(path, "empty file (0 bytes)")
     try:
         container = av.open(path)
@@ -162,8 +161,24 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             has_alpha=has_alpha(first.format),
             promised_frames=int(vs.frames) if vs.frames and vs.frames > 0 else None,
             incomplete_packets=short, read_error=read_error,
+            notes=_notes(path, videos, vs, first),
         )
     return info
+
+
+def _notes(path: str, videos: list, vs, first) -> list[str]:
+    """A second video stream is left out of the output, and interlaced frames are upscaled as
+    they are (both fields woven into one picture): say so rather than do it silently."""
+    notes = []
+    if len(videos) > 1:
+        others = ", ".join(f"#{s.index}" for s in videos if s is not vs)
+        notes.append(f"{path}: {len(videos)} video streams: stream #{vs.index} is upscaled, {others} left out "
+                     f"of the output")
+    # field_order: 0 unknown, 1 progressive, 2-5 the interlaced orders (FFmpeg's AVFieldOrder)
+    if first.interlaced_frame or vs.codec_context.field_order > 1:
+        notes.append(f"{path}: interlaced video: frames are upscaled as they are (both fields woven), not "
+                     f"deinterlaced; deinterlace first (e.g. ffmpeg -vf bwdif) for a clean result")
+    return notes
 
 
 def _first_frame(container, vs, path):

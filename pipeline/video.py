@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import dataclasses
 import functools
@@ -105,8 +106,8 @@ def run(job: VideoJob, log=print) -> Summary:
         return engine.run(ejob)
     except KeyboardInterrupt:
         finished = sum(1 for r in manifest.latest().values() if r["status"] == "done" and r["settings"] == settings)
-        log(f"{job.input}: interrupted; {finished} of {len(segs)} segments finished and kept in {wdir} "
-            f"(rerun with --resume to reuse them)")
+        print(f"{job.input}: interrupted; {finished} of {len(segs)} segments finished and kept in {wdir} "
+              f"(rerun with --resume to reuse them)", file=sys.stderr)
         raise
 
 
@@ -206,7 +207,8 @@ class VideoSink(engine.Sink):
         problem = check_encoder(self.encode, self.params)
         if problem:
             raise InputError(f"{self.job.output}: {problem}")
-        self.notes = output_params(self.encode, self.params)[1]   # what the encoder gets that differs
+        # what the source holds that is not upscaled, and what the encoder gets that differs
+        self.notes = info.notes + output_params(self.encode, self.params)[1]
 
     def open(self, item: Item) -> engine.ItemWriter:
         return _SegmentFile(item.key, str(self.wdir / f"{item.key}.seg"), self.encode, self.params,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import pytest
 import torch
 
@@ -56,6 +57,24 @@ def test_refusals_before_ray_leave_nothing_behind(clip, tmp_path, capsys):
     assert time.perf_counter() - t0 < 60
     assert listing(tmp_path) == []  # no OUT.parts/, no lock file, no partial output
     assert ray.is_initialized() == started  # refused before Ray was started
+
+
+def test_symlink_loop_and_broken_symlink_are_named(clip, tmp_path, capsys):
+    """os.path.exists is False for a loop, a dangling link and a missing file alike: each input
+    says which (the video job, and the image job's single-file SRC), and nothing is written."""
+    from jobs import upscale_images
+    (tmp_path / "a.mp4").symlink_to(tmp_path / "b.mp4")
+    (tmp_path / "b.mp4").symlink_to(tmp_path / "a.mp4")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nothing.png")
+    before = listing(tmp_path)
+    cases = [(tmp_path / "a.mp4", "symlink loop"), (tmp_path / "gone.png", "broken symlink (target missing)"),
+             (tmp_path / "missing.mp4", "no such file")]
+    for src, why in cases:
+        assert refuse(capsys, src, tmp_path / "o.mp4", "--model", "bicubic", "--scale", "2") == f"error: {src}: {why}"
+        code = upscale_images.main([str(src), str(tmp_path / "out"), "--model", "bicubic", "--scale", "2"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {src}: {why}"), err
+    assert listing(tmp_path) == before
 
 
 def test_unknown_model_lists_what_can_upscale(clip, tmp_path, capsys):
@@ -296,3 +315,59 @@ def test_embedded_ray_ends_with_a_killed_driver(tmp_path):
         time.sleep(0.5)
     assert not survivors, survivors
     assert not sessions[0].exists()
+
+
+def _ray_noise(text: str) -> list[str]:
+    """What an embedded Ray must not put on the user's terminal."""
+    marks = ("\x1b[", "(raylet)", "Token authentication", "RAY_AUTH_MODE", "Unhandled error", "Traceback",
+             "SIGTERM received", "logging.cc")
+    return [m for m in marks if m in text]
+
+
+def _sha_and_mtime(path: Path) -> tuple[str, int]:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path):
+    """SIGTERM once segments are finished: exit 143 and one line on stderr (Ray's handler aborted
+    with a crash dump, exit -6); `--resume` then reuses the finished segment files as they are
+    (same bytes, not rewritten) and the output has every source frame, counted with PyAV. Both
+    runs keep the embedded Ray quiet: no token-auth banner, no (raylet) lines, no colour codes."""
+    from pipeline.manifest import Manifest
+    src = make_clip(str(tmp_path / "in.mp4"), frames=48, gop=6)
+    out = tmp_path / "o.mkv"
+    parts = Path(str(out) + ".parts")
+    args = [src, str(out), "--model", "bicubic", "--scale", "2", "--no-progress", "--segment-frames", "6",
+            "--batch-size", "1", "--num-cpus", "2", "--encoder", "ffv1", "--keep-work"]
+    # 2 s a batch from frame 12 on (tests.test_video_models): the job cannot end before the signal
+    slow = ("import sys, operators.upscale as u, tests.test_video_models as t; u.Upscaler = t.SlowFromFrame12; "
+            "from jobs.upscale_video import main; sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-c", slow, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=env)
+    done: list[str] = []
+    deadline = time.time() + 300   # Ray start-up on a loaded machine
+    while time.time() < deadline and proc.poll() is None and len(done) < 2:
+        if (parts / "manifest").exists():
+            done = [k for k, r in Manifest(parts / "manifest").latest().items() if r["status"] == "done"]
+        time.sleep(0.2)
+    assert proc.poll() is None and len(done) >= 2, "the job ended or finished no segment: " + proc.communicate()[1][-2000:]
+    kept = {name: _sha_and_mtime(parts / f"{name}.seg") for name in done}
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
+    assert len(lines) == 1 and src in lines[0] and "--resume" in lines[0], stderr[-3000:]
+    assert not _ray_noise(stdout + stderr), stdout + stderr
+    assert not out.exists()
+
+    res = subprocess.run([sys.executable, str(ROOT / "jobs" / "upscale_video.py"), *args, "--resume"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not _ray_noise(res.stdout + res.stderr), res.stdout + res.stderr
+    assert {name: _sha_and_mtime(parts / f"{name}.seg") for name in done} == kept   # reused, not redone
+    with av.open(src) as a, av.open(str(out)) as b:
+        assert sum(1 for _ in b.decode(video=0)) == sum(1 for _ in a.decode(video=0)) == 48

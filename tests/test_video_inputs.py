@@ -273,3 +273,56 @@ def test_truncated_faststart_mp4_says_how_many_frames_are_missing(tmp_path, keep
     line = info.truncation_warning(decoded=len(got))
     assert line == (f"{cut}: truncated: the index promises 44 frames, {info.frame_count} are in the file, "
                     f"{len(got)} decoded; the output is incomplete")
+
+
+# ---- what the job leaves as it is, said in one line (issue 24 item 10) ----
+
+def pyav_clip(path, video_streams=1, interlaced=False, frames=4):
+    """H.264 clip(s) written with PyAV; `interlaced` sets interlaced DCT and motion estimation,
+    which makes x264 code (and flag) interlaced pictures."""
+    with av.open(str(path), "w") as c:
+        streams = []
+        for _ in range(video_streams):
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+            if interlaced:
+                s.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+            streams.append(s)
+        for i in range(frames):
+            for s in streams:
+                f = av.VideoFrame.from_ndarray(pattern(i, 64, 48), format="rgb24")
+                f.pts = i
+                c.mux(s.encode(f))
+        for s in streams:
+            c.mux(s.encode(None))
+    return str(path)
+
+
+def summary_notes(src, tmp_path):
+    """The `note:` lines the video job's summary prints for `src` (its sink, without Ray)."""
+    from pipeline.engine import Summary
+    from pipeline.segments import plan_segments
+    from pipeline.video import VideoJob, VideoSink
+    info = probe(src)
+    segs = plan_segments(info.pts, info.keyframe_pts, 12, None, None)
+    sink = VideoSink(VideoJob(src, str(tmp_path / "out.mkv"), []), info, segs, tmp_path / "parts")
+    sink.on_write_start(2)
+    summary = Summary(failed=["stop before the mux"])
+    sink.on_write_complete({}, summary)
+    return [line for line in summary.lines() if line.startswith("note: ")]
+
+
+def test_second_video_stream_and_interlacing_are_noted(tmp_path):
+    two = pyav_clip(tmp_path / "two.mkv", video_streams=2)
+    laced = pyav_clip(tmp_path / "laced.mp4", interlaced=True)
+    plain = pyav_clip(tmp_path / "plain.mp4")
+    with av.open(two) as c:   # the clips are what they claim, read without probe
+        assert len(c.streams.video) == 2
+    with av.open(laced) as c, av.open(plain) as p:
+        assert all(f.interlaced_frame for f in c.decode(video=0))
+        assert not any(f.interlaced_frame for f in p.decode(video=0))
+    assert summary_notes(plain, tmp_path) == []
+    for src, words in ((two, ["2 video streams", "#0 is upscaled", "#1 left out"]), (laced, ["interlaced"])):
+        notes = summary_notes(src, tmp_path)
+        assert len(notes) == 1 and "\n" not in notes[0], notes
+        assert all(w in notes[0] for w in [src, *words]), notes

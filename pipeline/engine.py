@@ -342,8 +342,8 @@ class Pool:
         """A sticky actor takes an item only once it is up: while Ray restarts it (killed, out of
         memory), calls without in-place retries fail at once, and would cost the item an attempt."""
         try:
-            ray.get(self.actors[slot].describe.options(max_task_retries=-1).remote())
-        except ray.exceptions.RayActorError:
+            ray.get(self.actors[slot].describe.options(max_task_retries=-1).remote(), timeout=600)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             pass                  # gone for good: the item's batches fail and the engine reports it
 
     def submit(self, key: str, env_ref) -> tuple[Any, int]:

@@ -168,12 +168,12 @@ class _SegmentFile(engine.ItemWriter):
     def _check(self, pts: np.ndarray) -> None:
         """Before muxing: the next frames must carry the next planned timestamps."""
         want = self.planned[self.written:self.written + len(pts)]
-        if len(want) != len(pts) or not np.array_equal(want, pts):
-            got = pts[:len(want)] != want
-            at = int(np.argmax(got)) if got.any() else len(want)
-            raise engine.Redo(f"{self.path}: frame {self.written + at} of {len(self.planned)} has pts "
-                              f"{int(pts[at])}, the source planned "
-                              f"{int(want[at]) if at < len(want) else 'no more frames'}")
+        wrong = np.flatnonzero(want != pts[:len(want)])
+        at = int(wrong[0]) if len(wrong) else len(want)
+        if at < len(pts):
+            planned = int(want[at]) if at < len(want) else "no frame"
+            raise engine.Redo(f"frame {self.written + at} of the {len(self.planned)} planned has pts {int(pts[at])} "
+                              f"where the source has {planned}")
 
     def write(self, columns, meta) -> int:
         if "frames" not in columns or not len(columns["frames"]):
@@ -188,8 +188,7 @@ class _SegmentFile(engine.ItemWriter):
 
     def close(self) -> dict:
         if self.written != len(self.planned):
-            raise engine.Redo(f"{self.path}: {self.written} of the {len(self.planned)} frames the source "
-                              f"planned reached the writer")
+            raise engine.Redo(f"{self.written} of the {len(self.planned)} planned frames reached the writer")
         r = self.w.close()
         out = {"output": self.path, "frames": r["frames"], "repeated": self.repeated}
         if self.ann:

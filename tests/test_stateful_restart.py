@@ -89,17 +89,17 @@ def _segment_writer(tmp_path):
 def test_video_sink_refuses_a_short_segment_and_one_out_of_order(tmp_path):
     w, pts, frames, seg = _segment_writer(tmp_path)
     w.write({"frames": frames[:4], "pts": pts[:4]}, {})
-    with pytest.raises(engine.Redo, match=r"frame 4 of 12 has pts"):   # five frames lost (a restarted tracker)
+    with pytest.raises(engine.Redo, match=r"frame 4 of the 12 planned has pts"):   # five frames lost (a restarted tracker)
         w.write({"frames": frames[9:], "pts": pts[9:]}, {})
     w.abort()
     w, pts, frames, seg = _segment_writer(tmp_path)
     w.write({"frames": frames[:7], "pts": pts[:7]}, {})        # the last five never came
-    with pytest.raises(engine.Redo, match=r"7 of the 12 frames the source planned"):
+    with pytest.raises(engine.Redo, match=r"7 of the 12 planned frames reached the writer"):
         w.close()
     w.abort()
     assert not seg.exists() and not os.path.exists(f"{seg}.tmp")
     w, pts, frames, seg = _segment_writer(tmp_path)
-    with pytest.raises(engine.Redo, match=r"frame 0 of 12 has pts"):
+    with pytest.raises(engine.Redo, match=r"frame 0 of the 12 planned has pts"):
         w.write({"frames": frames[:4], "pts": pts[[1, 0, 2, 3]]}, {})   # shuffled: refused before the muxer
     w.abort()
     # the planned frames, in order: finalised, every pts on disk (read with PyAV) as planned

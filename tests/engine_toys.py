@@ -192,3 +192,18 @@ class KillOnce(Operator):
             open(self.marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return batch
+
+
+class _RefuseIt1(_Collect):
+    """A writer that refuses to finalise item it1 every time (as the video sink refuses a short
+    segment)."""
+
+    def close(self):
+        if self.key == "it1":
+            raise engine.Redo("3 of the 10 planned rows reached the writer")
+        return super().close()
+
+
+class RefusingSink(CollectSink):
+    def open(self, item):
+        return _RefuseIt1(item.key, self.dir)

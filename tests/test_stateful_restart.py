@@ -115,6 +115,22 @@ def test_video_sink_refuses_a_short_segment_and_one_out_of_order(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("local_ray")
+def test_an_item_refused_on_every_attempt_is_reported_not_written(tmp_path):
+    """A writer that refuses an item (Redo) makes the engine redo it; when every attempt is
+    refused, the item is reported as failed with the reason and nothing of it is kept."""
+    said = []
+    job = engine.Job(toys.CountSource(items=3, n=10, batch=5), [], toys.RefusingSink(tmp_path),
+                     item_retries=1, progress=False, log=said.append)
+    summary = engine.run(job)
+    assert said == ["it1: 3 of the 10 planned rows reached the writer; retrying (1 of 1)"]
+    assert summary.failed == ["it1: 3 of the 10 planned rows reached the writer"]
+    assert not (tmp_path / "it1.pkl").exists()
+    for k in (0, 2):
+        assert toys.load(tmp_path, f"it{k}")["columns"]["index"].tolist() == list(range(k * 10, k * 10 + 10))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
 def test_face_chain_actor_killed_mid_segment_redoes_the_segment(tmp_path, monkeypatch, capsys):
     """Before the fix: Ray retried the killed batch in place on a restarted actor with an empty
     tracker: 5 frames lost with exit 0, or the resubmitted batches shuffled and the muxer failed

@@ -182,6 +182,12 @@ class _Chain:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         return columns
 
+    def drop_state(self) -> None:
+        """Forget an abandoned item: its held rows must not leak into the next item's output."""
+        for op in self.ops:
+            if getattr(op, "stateful", False):
+                op.flush()
+
     def flush(self, timings: dict, names: list[str]) -> Batch:
         """Flush each stateful operator in order, passing what it releases through the rest."""
         carry: Batch = {}
@@ -196,6 +202,41 @@ class _Chain:
         return carry
 
 
+class Redo(RuntimeError):
+    """An item's work was lost on the way (a stateful actor restarted mid-item, a sink got other
+    rows than the source planned): the engine redoes the whole item from its first batch."""
+
+
+class _ItemOrder:
+    """Which item a stateful actor holds, and the number of the batch it expects next. State built
+    from batches 0..k-1 is only right for batch k: a restarted actor (state lost) or batches Ray
+    retried out of order must not be processed (they gave shortened or shuffled segments)."""
+
+    def __init__(self):
+        self.key, self.next = None, 0
+
+    def admit(self, meta: dict, flush: bool = False) -> bool:
+        """Raise Redo if this envelope does not continue the held item; True when the held state
+        belongs to an abandoned item and must be dropped first. `released` marks a flush's rows
+        (the tail of the item, not a batch of its own)."""
+        key, seq, released = meta.get("item"), meta.get("seq"), bool(meta.get("released"))
+        if seq is None:                  # not from the engine's reader (a direct call): nothing to check
+            return False
+        if seq == 0:                     # an item begins, or one that had no batch ends
+            stale = self.key is not None
+            self.key, self.next = (None, 0) if flush or released else (key, 1)
+            return stale
+        if key != self.key or seq != self.next:
+            held = f"batch {self.next} of {self.key}" if self.key else "the first batch of an item"
+            raise Redo(f"a stateful stage expected {held}, got batch {seq} of {key} (its actor was restarted "
+                       f"mid-item, losing the state of the earlier batches)")
+        if flush:
+            self.key, self.next = None, 0
+        elif not released:
+            self.next += 1
+        return False
+
+
 @ray.remote
 class OperatorActor:
     """Owns one fused chain of operators (and their models) for the actor's lifetime."""
@@ -207,8 +248,11 @@ class OperatorActor:
             torch.set_num_threads(threads)
         self.names, self.error, self.chain = names, None, None
         self.keep = None if keep is None else set(keep)
+        self.order = None
         try:
             self.chain = _Chain([f() for f in factories])
+            if any(getattr(op, "stateful", False) for op in self.chain.ops):
+                self.order = _ItemOrder()
         except Exception as e:  # reported by describe(): a one-line reason, not a traceback
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             self.error = text
@@ -228,10 +272,12 @@ class OperatorActor:
         return self._run(env, lambda timings: self.chain(env["columns"], timings, self.names))
 
     def flush(self, env: dict) -> dict:
-        return self._run(env, lambda timings: self.chain.flush(timings, self.names))
+        return self._run(env, lambda timings: self.chain.flush(timings, self.names), flush=True)
 
-    def _run(self, env: dict, fn) -> dict:
+    def _run(self, env: dict, fn, flush: bool = False) -> dict:
         meta = dict(env["meta"])
+        if self.order is not None and self.order.admit(meta, flush):
+            self.chain.drop_state()
         if meta.get("shrink"):
             for op in self.chain.ops:
                 if hasattr(op, "shrink"):
@@ -276,13 +322,16 @@ class Pool:
     def __init__(self, group: list[StageSpec], keep: tuple[str, ...] | None = None):
         self.group = group
         self.names = [s.name for s in group]
-        self.sticky = False
+        self.sticky = any(bool(getattr(_op_class(s.factory), "stateful", False)) for s in group)
         g0 = group[0]
         opts = dict(num_cpus=max(s.cpus_per_actor or 0 for s in group), num_gpus=max(s.gpus_per_actor for s in group),
                     # an actor is restarted as often as it dies, but a batch is retried only twice
                     # in place: a batch that kills its worker every time (out of memory) must come
-                    # back to the engine, which retries the item with smaller tiles or gives up
-                    max_restarts=-1, max_task_retries=2, runtime_env={"env_vars": OPERATOR_ENV})
+                    # back to the engine, which retries the item with smaller tiles or gives up.
+                    # A sticky pool's batch never: the restarted actor lost the item's state (and
+                    # Ray resubmits the lost batches in any order), so the engine redoes the item.
+                    max_restarts=-1, max_task_retries=0 if self.sticky else 2,
+                    runtime_env={"env_vars": OPERATOR_ENV})
         if g0.resources:
             opts["resources"] = g0.resources
         threads = next((s.threads for s in group if s.threads), None)
@@ -306,6 +355,15 @@ class Pool:
         if self.sticky:
             used = set(self.bound.values())
             self.bound[key] = next(i for i in range(len(self.actors)) if i not in used)
+            self._wait_alive(self.bound[key])
+
+    def _wait_alive(self, slot: int) -> None:
+        """A sticky actor takes an item only once it is up: while Ray restarts it (killed, out of
+        memory), calls without in-place retries fail at once, and would cost the item an attempt."""
+        try:
+            ray.get(self.actors[slot].describe.options(max_task_retries=-1).remote(), timeout=600)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass                  # gone for good: the item's batches fail and the engine reports it
 
     def submit(self, key: str, env_ref) -> tuple[Any, int]:
         i = self.bound[key] if self.sticky else min(range(len(self.actors)), key=self.load.__getitem__)
@@ -390,9 +448,10 @@ def disk_full(e: BaseException, folder: str | None = None) -> DiskFull | None:
 
 
 def _read_task(reader, item):
-    for env in reader(item):
-        if item.hints:     # the operators see them (e.g. smaller tiles after an out-of-memory death)
-            env["meta"] = {**env["meta"], **item.hints}
+    for seq, env in enumerate(reader(item)):
+        # hints: the operators see them (e.g. smaller tiles after an out-of-memory death); item and
+        # seq: a stateful actor checks that it holds the state of every earlier batch (_ItemOrder)
+        env["meta"] = {**env["meta"], **item.hints, "item": item.key, "seq": seq}
         yield env
 
 
@@ -512,7 +571,6 @@ def start_pools(job: Job) -> tuple[list[Pool], int]:
             pools.append(pool)
             d = pool.describe()
             scale *= d["scale"]
-            pool.sticky = any(bool(getattr(_op_class(s.factory), "stateful", False)) for s in group)
     except BaseException:
         for p in pools:
             p.kill()
@@ -593,6 +651,7 @@ class _ItemState:
         self.item, self.writer, self.gen = item, writer, gen
         self.acks: set = set()
         self.decoded = False
+        self.batches = 0                   # envelopes read so far (the flush's sequence number)
         self.flushing = False
         self.units = 0
         self.error: str | None = None
@@ -794,7 +853,7 @@ class _Scheduler:
             if first_flush is not None and k < first_flush:
                 continue
             if first_flush is not None and k == first_flush:
-                ref, slot = pool.flush(st.item.key, {"item": st.item.key})
+                ref, slot = pool.flush(st.item.key, {"item": st.item.key, "seq": st.batches, "released": True})
             else:
                 ref, slot = pool.submit(st.item.key, ref)
             slots.append((pool, slot))
@@ -816,6 +875,7 @@ class _Scheduler:
             st.decoded = True
             st.error = st.error or one_line(e)
             return
+        st.batches += 1
         self._route(st, ref)
 
     def run(self, items: list[Item]) -> None:
@@ -863,6 +923,8 @@ def one_line(e: BaseException) -> str:
         return "input: " + str(cause).strip().splitlines()[0]
     if isinstance(cause, DiskFull):
         return "fatal: " + str(cause)
+    if isinstance(cause, Redo):
+        return "retry: " + str(cause)
     if isinstance(e, ray.exceptions.OutOfMemoryError) or isinstance(cause, ray.exceptions.OutOfMemoryError):
         return "retry: a worker was killed by Ray's memory monitor (out of memory)"
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,

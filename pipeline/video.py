@@ -153,16 +153,34 @@ class VideoSource(engine.Source):
 
 
 class _SegmentFile(engine.ItemWriter):
+    """One segment's file. It takes exactly the frames the source planned, in order: a worker that
+    lost or reordered rows (a stateful stage restarted mid-segment) makes the engine redo the
+    segment instead of finalising a shortened or shuffled one (or the muxer failing on it)."""
+
     def __init__(self, name: str, path: str, settings: EncodeSettings, params: StreamParams,
-                 annotations: AnnotationOptions | None, source: str):
+                 annotations: AnnotationOptions | None, source: str, planned: np.ndarray):
         self.name, self.path, self.source = name, path, source
+        self.planned = np.asarray(planned, np.int64)
         self.w = SegmentWriter(path, settings, params)
         self.ann = AnnotationWriter(annotations, name) if annotations else None
         self.repeated = 0
+        self.written = 0
+
+    def _check(self, pts: np.ndarray) -> None:
+        """Before muxing: the next frames must carry the next planned timestamps."""
+        want = self.planned[self.written:self.written + len(pts)]
+        wrong = np.flatnonzero(want != pts[:len(want)])
+        at = int(wrong[0]) if len(wrong) else len(want)
+        if at < len(pts):
+            planned = int(want[at]) if at < len(want) else "no frame"
+            raise engine.Redo(f"frame {self.written + at} of the {len(self.planned)} planned has pts {int(pts[at])} "
+                              f"where the source has {planned}")
 
     def write(self, columns, meta) -> int:
         if "frames" not in columns or not len(columns["frames"]):
             return 0
+        self._check(np.asarray(columns["pts"], np.int64))
+        self.written += len(columns["pts"])
         if self.ann:
             self.ann.add(columns, [self.source] * len(columns["frames"]))
         if "repeated" in columns:      # frames the decoder could not produce, shown as a neighbour
@@ -170,6 +188,8 @@ class _SegmentFile(engine.ItemWriter):
         return self.w.write(columns["frames"], columns["pts"], columns.get("alpha"))
 
     def close(self) -> dict:
+        if self.written != len(self.planned):
+            raise engine.Redo(f"{self.written} of the {len(self.planned)} planned frames reached the writer")
         r = self.w.close()
         out = {"output": self.path, "frames": r["frames"], "repeated": self.repeated}
         if self.ann:
@@ -212,7 +232,7 @@ class VideoSink(engine.Sink):
 
     def open(self, item: Item) -> engine.ItemWriter:
         return _SegmentFile(item.key, str(self.wdir / f"{item.key}.seg"), self.encode, self.params,
-                            self.annotations, self.source)
+                            self.annotations, self.source, planned=item.payload[0].pts)
 
     def on_write_complete(self, results: dict, summary: Summary) -> None:
         summary.notes.extend(self.notes)

@@ -175,3 +175,35 @@ class _DieOnce(_Collect):
 class DyingWriterSink(CollectSink):
     def open(self, item):
         return _DieOnce(item.key, self.dir)
+
+
+class KillOnce(Operator):
+    """SIGKILLs its own process (as Ray's memory monitor would) at the first batch holding frame
+    `at`, once: the marker file outlives the restarted actor."""
+    reads, writes = ("frames",), ()
+
+    def __init__(self, marker: str, at: int):
+        self.marker, self.at = marker, at
+
+    def __call__(self, batch):
+        import os
+        import signal
+        if self.at in batch["index"].tolist() and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch
+
+
+class _RefuseIt1(_Collect):
+    """A writer that refuses to finalise item it1 every time (as the video sink refuses a short
+    segment)."""
+
+    def close(self):
+        if self.key == "it1":
+            raise engine.Redo("3 of the 10 planned rows reached the writer")
+        return super().close()
+
+
+class RefusingSink(CollectSink):
+    def open(self, item):
+        return _RefuseIt1(item.key, self.dir)

@@ -108,10 +108,11 @@ def model_scale(model: str, weights: str | None, scale: int | None) -> int:
     return int(models.detect(path or model).scale)
 
 
-def lossy_note(model: str, results: dict) -> str | None:
-    """One line per job when lossy sources (JPEG, WebP) went through a bicubic-trained shipped
-    model (`rayscale-xS`): trained on clean downscales, it sharpens a codec's blocks into grids,
-    and `rayscale-real-xS` was trained on such input. `results`: this run's entries."""
+def lossy_note(model: str, results: dict, what: str | None = None) -> str | None:
+    """One line per job when lossy sources (JPEG, WebP, a lossy or 4:2:0 video) went through a
+    bicubic-trained shipped model (`rayscale-xS`): trained on clean downscales, it sharpens a
+    codec's blocks into grids, and `rayscale-real-xS` was trained on such input. `results`: this
+    run's entries; `what` names the lossy sources instead of counting them (a video)."""
     import models
     real = model.replace("rayscale-x", "rayscale-real-x", 1)
     if not model.startswith("rayscale-x") or real not in models.shipped_weights():
@@ -120,7 +121,8 @@ def lossy_note(model: str, results: dict) -> str | None:
     lossy = sum(bool(r["lossy"]) for r in ran)
     if not lossy:
         return None
-    return (f"{lossy} of {len(ran)} source(s) lossy (JPEG/WebP): {model} is trained on clean bicubic downscales "
+    what = what or f"{lossy} of {len(ran)} source(s) lossy (JPEG/WebP)"
+    return (f"{what}: {model} is trained on clean bicubic downscales "
             f"and sharpens their compression blocks into grids; --model {real} is trained for such input")
 
 

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         validate_models(args)
     elif model != "zssr":
         validate_model(model, args.weights, args.scale, degradation=degradation)
-    _check_output_size(args, model)
+    info = _check_output_size(args, model)
     # workers of a cluster run in other folders (a copy of the checkout): give them absolute paths
     args.input, args.output = os.path.abspath(args.input), os.path.abspath(args.output)
     if args.weights:
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     with JobLock(wdir):  # one job per output: a second one is refused, not let loose in the same work folder
         had_work = wdir.exists()
         try:
-            return _run(args, model, degradation)
+            return _run(args, model, degradation, info)
         except BaseException as e:
             from models import CheckpointError, UnknownCheckpoint
             from pipeline.errors import InputError
@@ -96,8 +96,9 @@ def main(argv=None) -> int:
             raise
 
 
-def _check_output_size(args, model: str) -> None:
-    """An output larger than the encoder takes is refused before Ray starts (H.264: 16384)."""
+def _check_output_size(args, model: str):
+    """An output larger than the encoder takes is refused before Ray starts (H.264: 16384).
+    Returns the source's VideoInfo."""
     from jobs.stages import model_scale
     from pipeline.encode import check_size
     from pipeline.errors import InputError
@@ -111,10 +112,13 @@ def _check_output_size(args, model: str) -> None:
     problem = check_size(args.encoder, info.width * scale, info.height * scale)
     if problem:
         raise InputError(f"{args.output}: {problem}")
+    return info
 
 
-def _run(args, model: str, degradation: dict) -> int:
+def _run(args, model: str, degradation: dict, info) -> int:
+    from jobs.stages import lossy_note
     from pipeline.encode import EncodeSettings
+    from pipeline.probe import lossy
     from pipeline.video import StageSpec, VideoJob, run, work_dir
 
     connect_ray(args)
@@ -138,6 +142,10 @@ def _run(args, model: str, degradation: dict) -> int:
         summary = run(job)
     except KeyboardInterrupt:
         return 130
+    note = lossy_note(model, {args.input: {"lossy": lossy(info)}},
+                      what=f"{args.input}: lossy source ({info.codec}, {info.pix_fmt})")
+    if note:
+        summary.notes.append(note)
     for line in summary.lines():
         print(line)
     if summary.failed:

@@ -82,6 +82,9 @@ def test_the_lossy_note_is_for_bicubic_trained_shipped_models_only():
     assert "--model rayscale-real-x2" in lossy_note("rayscale-x2", results)
     assert lossy_note("rayscale-real-x2", results) is None and lossy_note("bicubic", results) is None
     assert lossy_note("rayscale-x4", {"b.png": {"lossy": False}}) is None
+    # a video names itself and its codec instead of counting files
+    video = lossy_note("rayscale-x2", {"v.mp4": {"lossy": True}}, what="v.mp4: lossy source (h264, yuv420p)")
+    assert video.startswith("v.mp4: lossy source (h264, yuv420p): rayscale-x2 ") and "rayscale-real-x2" in video
 
 
 def test_manifest_parts_without_the_degradation_column_still_read(tmp_path):

@@ -422,7 +422,7 @@ class Manifest:
             with self.fs.open_input_file(source) as f:
                 t, have = _read_parquet(f, columns, positions)
             return _conformed(t, have, columns)
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):   # gone (compacted) or not ours to read: not damage
             raise
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
             # a corrupt page reads as OSError ("Corrupt snappy compressed data"); on an object store

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import InputError
-from .manifest import PART_PREFIX, PART_SUFFIX, STATUSES, Manifest
+from .manifest import PART_PREFIX, PART_SUFFIX, STATUSES, Manifest, first_line
 
 IDENTITY = ("kind", "path", "size", "mtime", "hash", "settings", "output")
 
@@ -34,14 +34,9 @@ def open_manifest(path: str) -> Manifest:
             if m.exists() and m.parts():
                 return m
         except (OSError, pa.ArrowException) as e:
-            raise InputError(f"{path}: cannot read the manifest: {_one_line(e)}") from None
+            raise InputError(f"{path}: cannot read the manifest: {first_line(e)}") from None
     raise InputError(f"{path}: no manifest here (looked for {PART_PREFIX}*{PART_SUFFIX} in it, "
                      f"in .rayscale/manifest and in manifest/)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _short(text, width: int = 160) -> str:
@@ -53,7 +48,7 @@ def _state(m: Manifest, **kw) -> pa.Table:
     try:
         return m.state(**kw)
     except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{m.uri}: cannot read the manifest: {_one_line(e)}") from None
+        raise InputError(f"{m.uri}: cannot read the manifest: {first_line(e)}") from None
 
 
 def show(m: Manifest, out=None, recent: int = 10) -> None:
@@ -149,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rayscale: error: {e}", file=sys.stderr)
         return 2
     except (OSError, pa.ArrowException) as e:   # e.g. a read-only manifest for `retry`
-        print(f"rayscale: error: {args.path}: {_one_line(e)}", file=sys.stderr)
+        print(f"rayscale: error: {args.path}: {first_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `rayscale manifest failed PATH | head`
         return 0

@@ -45,7 +45,7 @@ class Entry:
     mtime: float | None = None
     hash: str | None = None
     units: int = 1                     # progress units (frames of a segment, 1 per image)
-    attempts: int = 0                  # attempts in earlier runs (from the manifest)
+    attempts: int = 0                  # attempts that ended in earlier runs (from the manifest)
 
 
 @dataclass
@@ -76,6 +76,11 @@ class Source:
         raise NotImplementedError
 
     def total_units(self) -> int | None:
+        return None
+
+    def identities(self) -> dict[str, tuple] | None:
+        """item -> (size, mtime, content hash or None) of what it reads now; resume reuses a done
+        row only when it matches. None: the settings hash already covers the input (video)."""
         return None
 
 
@@ -538,19 +543,33 @@ class Job:
     log: Callable[[str], None] = functools.partial(print, file=sys.stderr, flush=True)
 
 
-def done_entries(manifest, settings: str) -> dict[str, dict]:
-    """Entries whose newest manifest row is `done` under the same settings, with their output present."""
+def done_entries(manifest, settings: str, identities: dict[str, tuple] | None = None) -> dict[str, dict]:
+    """Entries whose newest manifest row is `done` under the same settings, with their output present,
+    and, when `identities` (item -> (size, mtime, hash)) are given, from a source that is still there
+    and unchanged: a replaced source is redone, never served its old output."""
     if manifest is None:
         return {}
     if hasattr(manifest, "state"):      # vectorised: a million-row manifest is filtered in Arrow
         import pyarrow.compute as pc
         t = manifest.state(statuses=["done"])
         t = t.filter(pc.equal(t["settings"], settings))
-        rows = t.select([c for c in ("item", "output", "frames", "hash", "psnr", "ssim", "psnr_bicubic",
-                                     "ssim_bicubic") if c in t.column_names]).to_pylist()
+        rows = t.select([c for c in ("item", "output", "frames", "size", "mtime", "hash", "psnr", "ssim",
+                                     "psnr_bicubic", "ssim_bicubic") if c in t.column_names]).to_pylist()
     else:
         rows = [r for r in manifest.latest().values() if r.get("status") == "done" and r.get("settings") == settings]
-    return {r["item"]: r for r in rows if not r.get("output") or os.path.exists(r["output"])}
+    return {r["item"]: r for r in rows if (not r.get("output") or os.path.exists(r["output"]))
+            and (identities is None or same_source(r, identities.get(r["item"])))}
+
+
+def same_source(row: dict, current: tuple | None) -> bool:
+    """Whether a manifest row was made from the source as it is now: by content hash when both
+    sides have one (a `cp -p` keeps size and mtime), else by size and mtime (Manifest.diff's rule)."""
+    if current is None:
+        return False
+    size, mtime, digest = current
+    if digest and row.get("hash"):
+        return digest == row["hash"] and size == row.get("size")
+    return size == row.get("size") and mtime == row.get("mtime")
 
 
 def start_pools(job: Job) -> tuple[list[Pool], int]:
@@ -614,7 +633,7 @@ def run(job: Job) -> Summary:
     """Run a job to the end; returns the summary (failed entries listed, never raised)."""
     t_start = time.perf_counter()
     summary = Summary(unit=job.source.unit, item_name=job.source.item_name)
-    done = done_entries(job.manifest, job.settings)
+    done = done_entries(job.manifest, job.settings, job.source.identities())
     items = job.source.plan(set(done))
     summary.reused = len(done)
     summary.results.update({k: dict(v) for k, v in done.items()})
@@ -682,7 +701,6 @@ class _Scheduler:
         self.ack_owner: dict = {}          # write ack -> (state, [(pool, slot), ...])
         self.attempts: dict[str, int] = {}    # item key -> attempts in this run
         self.stopping: str | None = None
-        self._item_of: dict[str, str] = {}
 
     def _writer(self):
         if self.free_writers:
@@ -701,8 +719,11 @@ class _Scheduler:
             raise (disk_full(e, getattr(m, "root", None)) or e) from None
 
     def _entry_row(self, e: Entry, **kw) -> dict:
+        # an attempt counts once it ended against the item (done, or an error recorded): a job
+        # killed around a running item costs it none, so kills never use up --max-attempts
+        ended = kw.get("status") != "running"
         row = {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,
-               "hash": e.hash, "attempts": e.attempts + self.attempts.get(self._item_of.get(e.id), 1)}
+               "hash": e.hash, "attempts": e.attempts + ended}
         row.update(kw)
         return row
 
@@ -714,8 +735,6 @@ class _Scheduler:
         gen = self.read_task.remote(self.reader, item)
         self.active[item.key] = _ItemState(item, writer, gen)
         self.attempts[item.key] = self.attempts.get(item.key, 0) + 1
-        for e in item.entries:
-            self._item_of[e.id] = item.key
         # durable: an output renamed into place before a kill must be recognisable as this job's
         self._manifest([self._entry_row(e, status="running") for e in item.entries], durable=True)
 

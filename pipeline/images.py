@@ -117,8 +117,11 @@ class ImageSource(engine.Source):
             ("reference",) if opts.reference_dir or opts.downscale else ()) + (("lr",) if opts.keep_lr else ())
 
     def entry(self, f: SourceFile) -> Entry:
-        return Entry(f.rel, "image", path=f.path, size=f.size, mtime=f.mtime,
+        return Entry(f.rel, "image", path=f.path, size=f.size, mtime=f.mtime, hash=f.hash,
                      attempts=self.attempts.get(f.rel, 0))
+
+    def identities(self) -> dict[str, tuple]:
+        return {f.rel: (f.size, f.mtime, f.hash) for f in self.files}
 
     def plan(self, done: set[str]) -> list[Item]:
         todo = [f for f in self.files if f.rel not in done]

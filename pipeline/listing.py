@@ -35,6 +35,7 @@ class SourceFile:
     size: int = -1
     mtime: float = 0.0
     error: str | None = None    # one line naming the file and the reason; None for a readable entry
+    hash: str | None = None     # content hash, only when a job asked for one (--verify-content)
 
     @property
     def ok(self) -> bool:

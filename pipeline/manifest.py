@@ -8,6 +8,10 @@ rows resume depends on. Parts are written through a `pyarrow.fs` filesystem: loc
 temporary name and renamed; on an object store (no atomic rename) straight to a unique name, which
 is safe because an object only becomes visible once its upload completes and parts never change.
 
+A part that cannot be read (empty, cut short, overwritten) is set aside under a name readers skip
+(`.damaged-part-...`), named in one line on stderr, and the state is read from the other parts:
+the items whose rows it held look new to the next diff and are redone.
+
 Compaction writes the rows resume needs (the latest row per item, and the last error of items
 whose latest row has none) as a new part, then deletes the parts it read. The new rows are copies
 of old ones (same `updated`/`seq`), so a reader that sees both, after a crash half-way, gets the
@@ -19,6 +23,7 @@ import atexit
 import json
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -58,7 +63,8 @@ SCHEMA = pa.schema([
     ("error", pa.string()),
     ("notes", pa.string()),         # the item's warnings, one per line (estimated degradation, repeated frames)
     ("degradation", pa.string()),   # JSON {"blur_sigma", "noise"} SRMD was given (--blur/--noise auto); older parts lack it
-    ("attempts", pa.int64()),       # attempts so far, this one included; written by the engine
+    ("attempts", pa.int64()),       # attempts that ended (done or failed), this one included; a running row's
+                                    # has not (a killed job costs none); written by the engine
     ("run", pa.string()),           # run id of the writer
     ("updated", pa.timestamp("us")),  # UTC
     ("seq", pa.int64()),            # wall-clock ns, strictly increasing per writer
@@ -68,6 +74,7 @@ ALIASES = {"source": "path", "source_size": "size", "source_mtime": "mtime"}  # 
 JSON_COLUMNS = ("stages", "timings", "degradation")
 TERMINAL = ("done", "failed")
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+DAMAGED_PREFIX = ".damaged-"   # a set-aside part: hidden from pyarrow.dataset and Ray Data, not a part-*
 ROW_GROUP = 65536   # rows; reads of the latest rows go one row group at a time
 
 
@@ -178,18 +185,58 @@ def _resume_rows(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.union1d(latest.to_numpy(), last_err.to_numpy())))
 
 
+def _read_parquet(f, columns: list[str], positions: np.ndarray | None) -> tuple[pa.Table, set]:
+    """The `columns` a part has (all its rows, or those at sorted `positions`, read one row group
+    at a time), and the names it has."""
+    pf = pq.ParquetFile(f)
+    have = set(pf.schema_arrow.names)
+    present = [c for c in columns if c in have]
+    if positions is None:
+        return pf.read(columns=present), have
+    sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    starts = np.cumsum([0] + sizes, dtype=np.int64)
+    cuts = np.searchsorted(positions, starts)
+    pieces = [pf.read_row_group(i, columns=present).take(pa.array(positions[cuts[i]:cuts[i + 1]] - starts[i]))
+              for i in range(pf.num_row_groups) if cuts[i + 1] > cuts[i]]
+    return (pa.concat_tables(pieces) if pieces else pf.schema_arrow.empty_table().select(present)), have
+
+
+def _conformed(t: pa.Table, have: set, columns: list[str]) -> pa.Table:
+    """`t` with `columns` in SCHEMA's types; those a part written by an older version lacks are null (NaN metrics)."""
+    arrays = []
+    for c in columns:
+        typ = SCHEMA.field(c).type
+        if c in have:
+            arrays.append(t[c].cast(typ))
+        else:
+            arrays.append(pa.repeat(pa.scalar(math.nan), t.num_rows) if c in METRICS
+                          else pa.nulls(t.num_rows, typ))
+    return pa.Table.from_arrays(arrays, schema=_schema(columns))
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class _PartSetAside(Exception):
+    """A damaged part was set aside during a read: list the parts again and read without it."""
+
+
 @dataclass
 class Diff:
-    """Items to process (`todo`: item, path, size, mtime, hash, reason, attempts, error) and
+    """Items to process (`todo`: item, path, size, mtime, hash, reason, attempts, error), the
+    items whose source is gone (`deleted`: item, status, output; not yet marked `skipped`) and
     counts by outcome: new, changed, settings, retry, unchanged, exhausted, deleted, todo."""
     todo: pa.Table
     counts: dict = field(default_factory=dict)
+    deleted: pa.Table | None = None
 
 
 class Manifest:
     def __init__(self, directory: str | os.PathLike, *, filesystem: pafs.FileSystem | None = None,
                  run_id: str | None = None, flush_rows: int = 1000, flush_seconds: float = 5.0,
-                 compact_parts: int = 256, create: bool = True):
+                 compact_parts: int = 256, create: bool = True, log=None):
         self.uri = str(directory)
         self.fs, self.root, self.local = _open_fs(directory, filesystem)
         self.dir = Path(self.root) if self.local else None
@@ -203,6 +250,8 @@ class Manifest:
         self._last_seq = 0
         self._known_parts: int | None = None   # parts on disk at the last listing, plus ours since
         self._lock = threading.RLock()           # writers may append from callback threads
+        self._damaged: set[str] = set()          # parts found damaged, skipped even where renaming failed
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         # a forgotten or garbage-collected writer still writes its buffer; at exit the atexit hook
         # below does it, because it runs before pyarrow's own teardown (weakref.finalize's may not)
         self._finalizer = weakref.finalize(self, _flush_at_exit, self.fs, self.root, self.local, self._buffer)
@@ -332,7 +381,30 @@ class Manifest:
         except FileNotFoundError:
             return []
         return sorted((i for i in infos if i.is_file and i.base_name.startswith(PART_PREFIX)
-                       and i.base_name.endswith(PART_SUFFIX)), key=lambda i: i.path)
+                       and i.base_name.endswith(PART_SUFFIX) and i.path not in self._damaged),
+                      key=lambda i: i.path)
+
+    def damaged_parts(self) -> list[str]:
+        """Names of the parts set aside as damaged (by this or an earlier run)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(i.base_name for i in infos if i.base_name.startswith(DAMAGED_PREFIX))
+
+    def _set_aside(self, path: str, error: BaseException) -> None:
+        """Rename a damaged part out of every reader's way and say so in one line."""
+        self._damaged.add(path)
+        name = path.rsplit("/", 1)[-1]
+        try:
+            self.fs.move(path, f"{self.root}/{DAMAGED_PREFIX}{name}")
+            where = f"set aside as {DAMAGED_PREFIX}{name}"
+        except FileNotFoundError:       # another reader set it aside first
+            return
+        except OSError as e:            # read-only manifest: skipped by this reader only
+            where = f"skipped (cannot rename it: {first_line(e)})"
+        self.log(f"{self.uri}: manifest part {name} is damaged ({first_line(error)}); {where}; "
+                 f"the state is read from the other parts (its items count as new)")
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.root).type == pafs.FileType.Directory
@@ -347,28 +419,19 @@ class Manifest:
         if isinstance(source, pa.Table):
             t = source.select(columns)
             return t if positions is None else t.take(pa.array(positions))
-        with self.fs.open_input_file(source) as f:
-            pf = pq.ParquetFile(f)
-            have = set(pf.schema_arrow.names)
-            present = [c for c in columns if c in have]
-            if positions is None:
-                t = pf.read(columns=present)
-            else:
-                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-                starts = np.cumsum([0] + sizes, dtype=np.int64)
-                cuts = np.searchsorted(positions, starts)
-                pieces = [pf.read_row_group(i, columns=present).take(pa.array(positions[cuts[i]:cuts[i + 1]] - starts[i]))
-                          for i in range(pf.num_row_groups) if cuts[i + 1] > cuts[i]]
-                t = pa.concat_tables(pieces) if pieces else pf.schema_arrow.empty_table().select(present)
-        arrays = []
-        for c in columns:
-            typ = SCHEMA.field(c).type
-            if c in have:
-                arrays.append(t[c].cast(typ))
-            else:
-                arrays.append(pa.repeat(pa.scalar(math.nan), t.num_rows) if c in METRICS
-                              else pa.nulls(t.num_rows, typ))
-        return pa.Table.from_arrays(arrays, schema=_schema(columns))
+        try:
+            with self.fs.open_input_file(source) as f:
+                t, have = _read_parquet(f, columns, positions)
+            return _conformed(t, have, columns)
+        except (FileNotFoundError, PermissionError):   # gone (compacted) or not ours to read: not damage
+            raise
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as e:
+            # a corrupt page reads as OSError ("Corrupt snappy compressed data"); on an object store
+            # an OSError may be the network, and its parts appear whole or not at all: raise it
+            if isinstance(e, OSError) and not self.local:
+                raise
+            self._set_aside(source, e)
+            raise _PartSetAside(source) from None
 
     def _sources(self) -> list:
         buffered = [_rows_to_table(self._buffer)] if self._buffer else []
@@ -391,14 +454,18 @@ class Manifest:
 
     def _retrying(self, fn):
         """A part can vanish between listing and reading (a compaction deleted it after writing
-        its replacement, or the job removed its work dir): list again."""
-        for attempt in range(10):
+        its replacement, or the job removed its work dir), or be set aside as damaged: list again."""
+        vanished = 0
+        while True:
             try:
                 return fn()
+            except _PartSetAside:       # out of the listing now: each retry has one part fewer
+                continue
             except FileNotFoundError:
-                if attempt == 9:
+                vanished += 1
+                if vanished == 10:
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.05 * vanished)
 
     def table(self, columns: Iterable[str] | None = None) -> pa.Table:
         """Every row, on disk and in this writer's unflushed buffer."""
@@ -451,7 +518,7 @@ class Manifest:
                                              ]).astype(np.int64))
             del narrow
             merged = self._gather(sources, offsets, keep, SCHEMA.names)
-        except FileNotFoundError:   # another compaction took them first
+        except (FileNotFoundError, _PartSetAside):   # another compaction took them first, or one was damaged
             return 0
         _write_part(self.fs, self.root, self.local, merged, tag="-c")
         for p in parts:
@@ -494,8 +561,9 @@ class Manifest:
         """Which items of `listing` (columns path, size, mtime, optional hash; the item id is
         `key`, else `item`, else `rel`, else `path`) need processing under `settings`: new ones,
         changed ones (hash differs when both sides have one, else size or mtime), ones done
-        under other settings, and pending/running/failed ones with fewer than `max_attempts`
-        attempts. Joins in Arrow; no per-row Python."""
+        under other settings, pending or running ones (a killed job used up no attempt), and
+        failed ones with fewer than `max_attempts` attempts. An item marked `skipped` (its source
+        was deleted) whose source is back counts as new. Joins in Arrow; no per-row Python."""
         key = key or next(k for k in ("item", "rel", "path") if k in listing.column_names)
         n = listing.num_rows
         cur = pa.table({
@@ -506,7 +574,10 @@ class Manifest:
             "hash": listing["hash"].cast(pa.string()) if "hash" in listing.column_names else pa.nulls(n, pa.string()),
         })
         st = self.state(last_error=True, columns=["item", "size", "mtime", "hash", "settings", "status",
-                                                  "attempts"])
+                                                  "attempts", "output"])
+        gone = pc.and_kleene(pc.invert(pc.is_in(st["item"], value_set=cur["item"])),
+                             pc.not_equal(st["status"], "skipped"))
+        deleted = st.filter(pc.fill_null(gone, True)).select(["item", "status", "output"]).sort_by("item")
         st = st.rename_columns(["m_item"] + ["m_" + c for c in st.column_names[1:]])
         j = cur.join(st, keys="item", right_keys="m_item", join_type="left outer", use_threads=True)
         true = pa.scalar(True)
@@ -514,7 +585,7 @@ class Manifest:
         def differs(a, b):
             return pc.fill_null(pc.not_equal(j[a], j[b]), true)
 
-        new = pc.is_null(j["m_status"])
+        new = pc.or_kleene(pc.is_null(j["m_status"]), pc.equal(j["m_status"], "skipped"))
         both_hash = pc.and_kleene(pc.is_valid(j["hash"]), pc.is_valid(j["m_hash"]))
         ident = pc.if_else(both_hash, pc.or_kleene(differs("hash", "m_hash"), differs("size", "m_size")),
                            pc.or_kleene(differs("size", "m_size"), differs("mtime", "m_mtime")))
@@ -523,10 +594,11 @@ class Manifest:
         other_settings = pc.and_kleene(same, pc.fill_null(pc.not_equal(j["m_settings"], pa.scalar(settings)), true))
         same = pc.and_kleene(same, pc.invert(other_settings))
         open_ = pc.fill_null(pc.is_in(j["m_status"], pa.array(["pending", "running", "failed"])), False)
-        # rows without an attempts count: a started or failed item used one attempt, pending none
-        attempts = pc.coalesce(j["m_attempts"],
-                               pc.if_else(pc.equal(j["m_status"], "pending"), pa.scalar(0), pa.scalar(1)))
-        below = pc.fill_null(pc.less(attempts, max_attempts), False)
+        # rows without an attempts count (older manifests): a failed item used one attempt, others none
+        failed = pc.fill_null(pc.equal(j["m_status"], "failed"), False)
+        attempts = pc.coalesce(j["m_attempts"], pc.if_else(failed, pa.scalar(1), pa.scalar(0)))
+        # only a failure recorded against the item uses attempts up: pending and running ones are retried
+        below = pc.or_kleene(pc.invert(failed), pc.fill_null(pc.less(attempts, max_attempts), False))
         retry = pc.and_kleene(pc.and_kleene(same, open_), below)
         exhausted = pc.and_kleene(pc.and_kleene(same, open_), pc.invert(below))
         unchanged = pc.and_kleene(same, pc.invert(open_))
@@ -551,6 +623,6 @@ class Manifest:
 
         counts = {"new": count(new), "changed": count(changed), "settings": count(other_settings),
                   "retry": count(retry), "unchanged": count(unchanged), "exhausted": count(exhausted)}
-        counts["deleted"] = st.num_rows - (n - counts["new"])
+        counts["deleted"] = deleted.num_rows
         counts["todo"] = todo.num_rows
-        return Diff(todo, counts)
+        return Diff(todo, counts, deleted)

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from jobs.common import add_ray_args, connect_ray, exit_on_input_error  # noqa: E402
 from jobs.stages import add_compute_args, add_model_args, build_stages  # noqa: E402
-from jobs.upscale_images import (add_image_args, prepare, print_summary, run_images,  # noqa: E402
+from jobs.upscale_images import (add_image_args, plan_files, prepare, print_summary, run_images,  # noqa: E402
                                  STATE, settings_hash, state_dir, write_quality_report)
 
 
@@ -185,9 +185,10 @@ def main(argv=None) -> int:
     from pipeline.lock import JobLock
     from pipeline.manifest import Manifest
     prepare(args)
+    files = list_sources(args.src, exclude=[args.dst])
+    outputs = plan_files(args, files)      # before Ray and before DST is written to: it may refuse the job
     state_dir(args.dst).mkdir(parents=True, exist_ok=True)
     with JobLock(state_dir(args.dst) / "job", what="rayscale run on this DST"):
-        files = list_sources(args.src, exclude=[args.dst])
         connect_ray(args)
         settings = settings_hash(args, build_stages(args, args.model, still=True))
         manifest = Manifest(state_dir(args.dst) / "manifest")
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
             summary = Summary(unit="image", item_name="group")
         else:
             try:
-                summary, manifest, settings = run_images(args, chosen, attempts=attempts)
+                summary, manifest, settings = run_images(args, chosen, attempts=attempts, outputs=outputs)
             except KeyboardInterrupt:
                 print(f"{args.dst}: interrupted; finished images are kept; the next run goes on", file=sys.stderr)
                 return 130

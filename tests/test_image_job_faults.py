@@ -168,7 +168,7 @@ def test_dst_that_is_src_is_refused_before_ray_and_nothing_written(tmp_path, cap
     before = tree(src)
     cases = [(src, src, upscale_images), (src, tmp_path / "link", upscale_images),
              (src, src / "self", upscale_images), (src, src, upscale_dataset),
-             (src / "a.png", src, upscale_images)]            # one image into its own folder
+             (src / "a.png", src, upscale_images), (src / "a.png", src, upscale_dataset)]  # one image into its own folder
     for s, d, job in cases:
         t0 = time.perf_counter()
         rc = run(s, d, "--model", "bicubic", "--scale", "2", job=job)

@@ -9,6 +9,7 @@ faces of every item finished so far, for the next run to add to) and the parts i
 then deleted, with any temporary file a killed writer left: a finished job leaves no part behind."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ FACE_SCHEMA = pa.schema([
 TOO_LARGE = "too large for the face model"
 MISFIT = "restored face fitted the input worse than the plain upscale"
 JOINED, JOINED_GALLERY = "joined.parquet", "joined.gallery.npz"
+SOURCES_KEY = b"rayscale.sources"          # a part's metadata: the files its item covered
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,12 @@ class AnnotationWriter:
         self.frame_numbers = frame_numbers
         self.tables: list[pa.Table] = []
         self.best: dict[int, tuple[float, np.ndarray]] = {}     # track -> (score, tile)
+        self.sources: set[str] = set()      # every file the item covered, faces or not
 
     def add(self, columns: dict, sources: list[str], names: list[str] | None = None) -> None:
         """`sources[i]`: the file row i came from; `names[i]`: a file-name stem for its legend."""
         o = self.opts
+        self.sources.update(sources)
         if (o.faces_table or o.gallery) and "faces_count" in columns:
             self._faces(columns, sources)
         if o.segmentation_dir and "segmentation_legend" in columns:
@@ -108,9 +112,12 @@ class AnnotationWriter:
             parts = Path(o.parts)
             parts.mkdir(parents=True, exist_ok=True)
             table = pa.concat_tables(self.tables) if self.tables else FACE_SCHEMA.empty_table()
+            # a file redone with no face must still replace the rows an earlier run joined for it
+            table = table.replace_schema_metadata({SOURCES_KEY: json.dumps(sorted(self.sources))})
             _atomic(parts / f"{self.key}.faces.parquet", lambda p: pq.write_table(table, p))
-            if self.best:
-                tiles = np.stack([t for _, t in sorted(self.best.values(), key=lambda v: -v[0])])
+            if o.gallery:      # even with no tile: it replaces what an earlier run joined for this item
+                ranked = sorted(self.best.values(), key=lambda v: -v[0])
+                tiles = np.stack([t for _, t in ranked]) if ranked else np.zeros((0,) + TILE_SHAPE, np.uint8)
                 def save(p):
                     with open(p, "wb") as f:      # a file object: np.save would append ".npy" to a name
                         np.save(f, tiles, allow_pickle=False)
@@ -160,7 +167,7 @@ def finalize(opts: AnnotationOptions, summary=None) -> int | None:
     galleries = sorted(parts.glob("*.gallery.npy"))
     keys, tiles = _join_galleries(parts / JOINED_GALLERY, galleries)
     _atomic(parts / JOINED, lambda p: pq.write_table(table, p))
-    if opts.gallery:
+    if len(tiles):                               # also when this run has no --gallery: keep what was made
         _atomic(parts / JOINED_GALLERY, lambda p: _save_npz(p, keys, tiles))
     for p in files + galleries:                  # folded into the joined files above
         p.unlink(missing_ok=True)
@@ -202,9 +209,10 @@ def _join_tables(joined: Path, files: list[Path]) -> pa.Table:
         t = pq.read_table(p)
         sources = t["source"].to_pylist()
         tables.append(t.filter(pa.array([s not in seen for s in sources], pa.bool_())) if t.num_rows else t)
-        seen |= set(sources)
+        seen |= set(sources) | set(json.loads((t.schema.metadata or {}).get(SOURCES_KEY, b"[]")))
     # parts of an older release lack the `background` column: nulls
-    return pa.concat_tables(tables, promote_options="default").cast(FACE_SCHEMA) if tables else FACE_SCHEMA.empty_table()
+    table = pa.concat_tables(tables, promote_options="default") if tables else FACE_SCHEMA.empty_table()
+    return table.select(FACE_SCHEMA.names).cast(FACE_SCHEMA)
 
 
 def _join_galleries(joined: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:

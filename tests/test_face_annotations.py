@@ -39,6 +39,7 @@ def test_a_finished_job_leaves_no_part_and_a_rerun_clears_a_killed_ones(tmp_path
     # a killed run: b finished (its parts saved), a was redone with 1 face, a writer died mid-save
     save(opts, "b", "/src/b.png", faces(3))
     save(opts, "a", "/src/a.png", faces(1))
+    save(opts, "e", "/src/e.png", faces(0))
     (parts / ".c.faces.parquet.4242.tmp").write_bytes(b"PAR1 cut short")
     summary = SimpleNamespace(notes=[])
     assert finalize(opts, summary) == 4 and parts_left(parts) == []
@@ -47,6 +48,12 @@ def test_a_finished_job_leaves_no_part_and_a_rerun_clears_a_killed_ones(tmp_path
     # the gallery: a's one face and b's three, 4 tiles of 96 px in one row (a's old two tiles gone)
     assert Image.open(tmp_path / "gallery.png").height == 96 + 12
     assert summary.notes[0].startswith("4 face(s) found in 4 track(s), 4 restored by m; table: ")
+    # e, redone with its face gone (an edited photo): its earlier face is not kept
+    save(opts, "e", "/src/e.png", faces(2))
+    finalize(opts)
+    save(opts, "e", "/src/e.png", faces(0))
+    assert finalize(opts) == 4 and "/src/e.png" not in pq.read_table(tmp_path / "faces.parquet")["source"].to_pylist()
+    assert Image.open(tmp_path / "gallery.png").height == 96 + 12          # nor its two tiles
 
 
 def test_the_note_says_why_no_face_was_restored(tmp_path):

@@ -172,8 +172,10 @@ def whole(sides: list[int], celeba: int, face_model: str) -> None:
     totals: dict[str, list] = {}
     for set_name in WHOLE_SETS:
         for side in sides:
-            variants = {"route": face_route(face_model), "restore shrunk faces (min_zoom 0.5)": face_route(face_model, 0.5),
-                        "before (both undone: min_zoom 0.5, every face pasted)": face_route(face_model, 0.5, None)}
+            variants = {"route": face_route(face_model),
+                        "shrunk faces restored (min_zoom 0.5)": face_route(face_model, 0.5),
+                        "every face pasted (no consistency rule)": face_route(face_model, 0.7, None),
+                        "before (both undone)": face_route(face_model, 0.5, None)}
             gains = {k: [] for k in variants}
             pics = whole_images(set_name, side, celeba if set_name == "CelebA" else 10)
             for hr, lr in pics:

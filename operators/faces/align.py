@@ -30,8 +30,8 @@ the face below `min_zoom` (default 0.7, the smallest zoom the face models were t
 wider than ~16 LR px for a 16 px crop) the face keeps its detection but gets a zero map and a zero
 crop, and face SR and paste skip it. A x4 face model fed a 40 px face cut down to 12 px would paste
 a blurrier face than the background upscale of the original 40 px; measured in the frame on
-held-out CelebA/Helen faces (benchmarks/face_paste_quality.py --whole), faces shrunk by 0.5-0.7
-lost 0.3-4.5 dB against the plain `rayscale-x4` upscale, 2 of ~200 gained (at most 0.28 dB).
+held-out CelebA/Helen faces (benchmarks/face_paste_quality.py --whole), 208 of the 210 faces
+shrunk by 0.5-0.7 lost against the plain `rayscale-x4` upscale (up to 5 dB), 2 gained 0.17-0.28 dB.
 
 Beside each crop goes the LR patch under it (its bounding rectangle plus `LR_MARGIN` pixels, for
 the bicubic's support): paste adds only the face model's detail to the bicubic upscale of that

@@ -22,9 +22,9 @@ the face by no more than `consistency` times what the background alone misses th
 squared error, weighted by the paste's mask); else the background upscale is left as it was. Why:
 there is no ground truth at run time, and a face model fed a face outside what it learnt (shrunk
 into its crop, or a detection that is no face) makes a face that no longer reduces to the input;
-measured on held-out CelebA/Helen faces in the frame (benchmarks/face_paste_quality.py) such
-faces miss the input by 3-15x the background's misfit and lose 1-4 dB against it, while faces the
-model restores well stay within 1.4x and gain (benchmarks/README.md, "Face route quality")."""
+measured on held-out CelebA/Helen faces in the frame (benchmarks/face_paste_quality.py --whole)
+faces that lose more than 0.35 dB against the background miss the input by 2.5-16x its misfit,
+faces that gain mostly by under 1.9x (benchmarks/README.md, "Face route quality ... per face")."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -34,7 +34,7 @@ import numpy as np
 
 from ..base import Batch, Operator
 
-CONSISTENCY = 2.0     # measured ratios: faces that gain 0.66-1.9 (most), faces that lose 0.4-4 dB 2.5-16
+CONSISTENCY = 2.0     # measured misfit ratios: faces that gain mostly < 1.9, faces that lose > 0.35 dB 2.5-16
 # misfit a face may have whatever the background's: the rounding of 8-bit pixels (half a level),
 # so a background that reduces to the input exactly does not make every face fail the test
 MISFIT_FLOOR = (0.5 / 255) ** 2

@@ -207,12 +207,13 @@ def _join_tables(joined: Path, files: list[Path]) -> pa.Table:
     tables, seen = [], set()
     for p in list(reversed(files)) + ([joined] if joined.is_file() else []):
         t = pq.read_table(p)
+        if "background" not in t.column_names:        # a part of an older release
+            t = t.append_column("background", pa.nulls(t.num_rows, pa.string()))
         sources = t["source"].to_pylist()
         tables.append(t.filter(pa.array([s not in seen for s in sources], pa.bool_())) if t.num_rows else t)
         seen |= set(sources) | set(json.loads((t.schema.metadata or {}).get(SOURCES_KEY, b"[]")))
-    # parts of an older release lack the `background` column: nulls
-    table = pa.concat_tables(tables, promote_options="default") if tables else FACE_SCHEMA.empty_table()
-    return table.select(FACE_SCHEMA.names).cast(FACE_SCHEMA)
+    tables = [t.select(FACE_SCHEMA.names).cast(FACE_SCHEMA) for t in tables]
+    return pa.concat_tables(tables) if tables else FACE_SCHEMA.empty_table()
 
 
 def _join_galleries(joined: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ behind, a killed run's leftovers cleared by the rerun, and the one-line summary 
 from types import SimpleNamespace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -65,3 +66,16 @@ def test_the_note_says_why_no_face_was_restored(tmp_path):
     assert summary.notes[0].startswith("3 face(s) found in 3 track(s), 0 restored by m; 3 too large for it")
     assert "no gallery written" in summary.notes[0] and not (tmp_path / "gallery.png").exists()
     assert pq.read_table(tmp_path / "faces.parquet")["background"].to_pylist() == [TOO_LARGE] * 3
+
+
+def test_a_part_of_an_older_release_joins_with_a_null_reason(tmp_path):
+    """Parts saved before the `background` column existed (a job resumed across the upgrade)."""
+    parts = tmp_path / "parts"
+    opts = AnnotationOptions(faces_table=str(tmp_path / "faces.parquet"), parts=str(parts), face_model="m")
+    save(opts, "new", "/src/new.png", faces(1, restored=False))
+    old = pq.read_table(parts / "new.faces.parquet").drop_columns(["background"]).replace_schema_metadata(None)
+    pq.write_table(old.set_column(0, "source", pa.array(["/src/old.png"])), parts / "old.faces.parquet")
+    assert finalize(opts) == 2
+    t = pq.read_table(tmp_path / "faces.parquet")
+    assert t["source"].to_pylist() == ["/src/new.png", "/src/old.png"]
+    assert t["background"].to_pylist() == [TOO_LARGE, None]

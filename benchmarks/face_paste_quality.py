@@ -11,6 +11,17 @@ the paste itself. Faces the detector misses count as the background (their score
 
     python benchmarks/face_paste_quality.py --frames 25                 # 100 faces, 64 px HR (16 px LR)
     python benchmarks/face_paste_quality.py --frames 25 --face-px 80
+
+`--whole 20 24 28 32 36 40`: each held-out face photo on its own (the 10 Helen faces of
+../shared/data/faces/fsrnet_helen/HR and the first `--celeba` CelebA faces), the whole 128x128 HR
+image reduced so that its LR is SIDE px (MATLAB bicubic, then 1/4), as a user would give the route
+a small portrait; the face fills most of the frame, so faces of ~12 to ~30 LR px. Per face, the
+PSNR-Y of the middle 60% of the image (where the face is, whatever the detector found) of the
+route against the plain `rayscale-x4` upscale of the same LR: mean, better / worse counts and the
+worst face, for the route as shipped and with each of its two rules undone (faces shrunk into the
+crop down to zoom 0.5 restored; every restored face pasted, `consistency=None`).
+
+    python benchmarks/face_paste_quality.py --whole 20 24 28 32 36 40 --celeba 100
 """
 from __future__ import annotations
 
@@ -57,7 +68,12 @@ def main(argv=None) -> None:
     ap.add_argument("--frames", type=int, default=25)
     ap.add_argument("--face-px", type=int, default=64, help="HR face side (LR = this / 4)")
     ap.add_argument("--face-model", default="rayscale-face-x4")
+    ap.add_argument("--whole", type=int, nargs="*", default=None, metavar="SIDE",
+                    help="whole face photos reduced to SIDE LR px instead of faces on a photo")
+    ap.add_argument("--celeba", type=int, default=100, help="CelebA faces for --whole")
     a = ap.parse_args(argv)
+    if a.whole:
+        return whole(a.whole, a.celeba, a.face_model)
 
     from models.imresize import imresize
     from operators.faces.align import FaceAlign
@@ -100,6 +116,82 @@ def main(argv=None) -> None:
         q = {n: np.mean([s[1] for s in scores[(bg_name, n)]]) for n in p}
         print(f"| {bg_name} | {p['background']:.2f} / {q['background']:.4f} | {p['identity']:.2f} / {q['identity']:.4f} "
               f"| {p[a.face_model]:.2f} / {q[a.face_model]:.4f} | {p[a.face_model] - p['background']:+.2f} dB |")
+
+
+WHOLE_SETS = {"Helen": SHARED / "data" / "faces" / "fsrnet_helen" / "HR", "CelebA": DATA / "HR"}
+
+
+def whole_images(set_name: str, side: int, limit: int):
+    """[(HR uint8 4*side square, LR side square)] of one set's face photos."""
+    from models.imresize import imresize
+    out = []
+    for p in sorted(WHOLE_SETS[set_name].glob("*.jpg"))[:limit]:
+        hr = read_rgb(p)
+        hr = hr if 4 * side == hr.shape[0] else imresize(hr, 4 * side / hr.shape[0])
+        out.append((hr, imresize(hr, 0.25)))
+    return out
+
+
+def route_gains(hr: np.ndarray, lr: np.ndarray, plain: np.ndarray, variants: dict) -> dict:
+    """{variant: PSNR-Y gain over the plain upscale in the middle 60% of the image}."""
+    h, w = hr.shape[:2]
+    sl = (slice(int(0.2 * h), int(0.8 * h)), slice(int(0.2 * w), int(0.8 * w)))
+    base = y_metrics(plain[sl], hr[sl], 0)[0]
+    return {name: y_metrics(run(lr, plain)[sl], hr[sl], 0)[0] - base for name, run in variants.items()}
+
+
+def face_route(face_model: str, min_zoom: float = 0.7, consistency="default"):
+    """lr, plain HR -> the frame the face route makes (detect, align, face SR, paste), in process."""
+    from operators.faces.align import FaceAlign
+    from operators.faces.detect import FaceDetector
+    from operators.faces.paste import CONSISTENCY, FacePaste
+    from operators.faces.sr import FaceSR
+    detect, align, sr = FaceDetector(), FaceAlign(crop_size=16, min_zoom=min_zoom), FaceSR(face_model, device="cpu")
+    paste = FacePaste(4, consistency=CONSISTENCY if consistency == "default" else consistency)
+    counts = {"found": 0, "restored": 0}
+
+    def run(lr, plain):
+        b = sr(align(detect({"frames": lr[None]})))
+        b["frames"] = plain[None].copy()
+        out = paste(b)
+        n = int(b["faces_count"][0])
+        counts["found"] += n
+        counts["restored"] += int(out["faces_pasted"][0, :n].sum())
+        return out["frames"][0]
+    run.counts = counts
+    return run
+
+
+def whole(sides: list[int], celeba: int, face_model: str) -> None:
+    from operators.upscale import Upscaler
+    cv2.setNumThreads(1)
+    plain_model = Upscaler("rayscale-x4", device="cpu")
+    print(f"face model {face_model}, background rayscale-x4; gain = route - plain, PSNR-Y of the middle 60%")
+    print("| set | LR side | faces | variant | found / restored | mean gain | better / worse | worst |")
+    print("|---|---|---|---|---|---|---|---|")
+    totals: dict[str, list] = {}
+    for set_name in WHOLE_SETS:
+        for side in sides:
+            variants = {"route": face_route(face_model),
+                        "shrunk faces restored (min_zoom 0.5)": face_route(face_model, 0.5),
+                        "every face pasted (no consistency rule)": face_route(face_model, 0.7, None),
+                        "before (both undone)": face_route(face_model, 0.5, None)}
+            gains = {k: [] for k in variants}
+            pics = whole_images(set_name, side, celeba if set_name == "CelebA" else 10)
+            for hr, lr in pics:
+                plain = plain_model({"frames": lr[None]})["frames"][0]
+                for k, v in route_gains(hr, lr, plain, variants).items():
+                    gains[k].append(v)
+            for k, g in gains.items():
+                g = np.array(g)
+                totals.setdefault(k, []).extend(g.tolist())
+                c = variants[k].counts
+                print(f"| {set_name} | {side} | {len(g)} | {k} | {c['found']} / {c['restored']} | {g.mean():+.2f} dB "
+                      f"| {(g > 0.005).sum()} / {(g < -0.005).sum()} | {g.min():+.2f} dB |")
+    for k, g in totals.items():
+        g = np.array(g)
+        print(f"all: {k}: {len(g)} faces, mean {g.mean():+.2f} dB, better {(g > 0.005).sum()}, "
+              f"worse {(g < -0.005).sum()}, worst {g.min():+.2f} dB")
 
 
 if __name__ == "__main__":

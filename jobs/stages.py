@@ -136,8 +136,9 @@ def _face_stages(args, upscale, model: str, device: str, gpus: float, threads, s
                         detector_path=args.face_detector, background=(upscale.name, upscale.factory),
                         background_scale=model_scale(model, args.weights, args.scale), still=still,
                         device=device, precision=args.precision, keep_crops=bool(getattr(args, "gallery", False)))
+    from operators.faces.paste import CONSISTENCY
     ident = (f"faces:{args.face_model}:{file_identity(args.face_weights)}:{args.face_threshold}:"
-             f"{args.face_min_size}:{file_identity(args.face_detector)}:{still}")
+             f"{args.face_min_size}:{file_identity(args.face_detector)}:{still}:fit{CONSISTENCY}")
     out = []
     for name, factory in built:
         if name == upscale.name:

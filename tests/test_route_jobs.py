@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from jobs import restore_faces, upscale_images
+from pipeline import annotations
 from tests.conftest import shared_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
@@ -18,7 +19,7 @@ def test_faces_table_counts_and_the_no_face_note(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     group = Image.open(shared_path("data", "faces", "codeformer", "whole_imgs", "00.jpg")).convert("RGB")
-    # a half-size copy: faces of 16-21 px, the size the x4 face model is for
+    # a half-size copy: faces of 16-21 px wide (YuNet's boxes), three the size the x4 face model is for
     group.resize((group.width // 2, group.height // 2), Image.BICUBIC).save(src / "small_group.png")
     Image.open(shared_path("data", "Set5", "HR", "butterfly.png")).save(src / "butterfly.png")
     dst = tmp_path / "out"
@@ -29,7 +30,9 @@ def test_faces_table_counts_and_the_no_face_note(tmp_path, capsys):
     per_source = {s: n for s, n in zip(*np.unique(t["source"].to_numpy(zero_copy_only=False), return_counts=True))}
     assert per_source == {str(src / "small_group.png"): 4}          # four people in codeformer 00, none on the butterfly
     assert set(t.column_names) >= {"source", "frame", "track", "box", "landmarks", "score", "face_model"}
-    assert all(t["restored"].to_pylist()) and (dst / "faces_gallery.png").is_file()
+    # the 19 px face would be shrunk into the 16 px crop below zoom 0.7: left to the background
+    assert sorted(t["background"].to_pylist(), key=str) == [None, None, None, annotations.TOO_LARGE]
+    assert sum(t["restored"].to_pylist()) == 3 and (dst / "faces_gallery.png").is_file()
     assert "4 face(s)" in out
     assert Image.open(dst / "small_group.png").size == (group.width // 2 * 2, group.height // 2 * 2)
     # a folder without faces: the plain upscale, and the summary says so
@@ -40,6 +43,25 @@ def test_faces_table_counts_and_the_no_face_note(tmp_path, capsys):
                                 "--no-progress"]) == 0
     assert "no face found" in capsys.readouterr().out
     assert pq.read_table(dst2 / "faces.parquet").num_rows == 0
+
+
+def test_faces_note_says_why_none_was_restored_and_no_part_is_left(tmp_path, capsys):
+    """Issue 24: `--faces` on an ordinary photo (faces 33-42 px, too large for the face model)
+    restored nothing and `--gallery` wrote nothing without saying why; the faces parts stayed in
+    DST/.rayscale/faces/ after the job. Now one line says how many faces and why none was restored,
+    and the finished job leaves no part there (the rerun after a kill: tests/test_face_annotations.py)."""
+    src, dst = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    group = Image.open(shared_path("data", "faces", "codeformer", "whole_imgs", "00.jpg"))
+    group.convert("RGB").save(src / "group.png")
+    assert upscale_images.main([str(src), str(dst), "--faces", "--model", "bicubic", "--scale", "2", "--gallery",
+                                "--no-progress"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "face(s) found" in x]
+    assert len(line) == 1 and "4 face(s) found" in line[0] and "0 restored" in line[0]
+    assert "4 too large" in line[0] and "no gallery written" in line[0]
+    assert not (dst / "faces_gallery.png").exists() and pq.read_table(dst / "faces.parquet").num_rows == 4
+    left = [p.name for p in (dst / ".rayscale" / "faces").iterdir()]
+    assert not [n for n in left if n.endswith((".faces.parquet", ".gallery.npy", ".tmp"))], left
 
 
 def test_sftgan_route_fused_and_unfused_agree_and_maps_are_saved(tmp_path):

@@ -26,10 +26,12 @@ the one paste uses, a face moving by a pixel between frames moves its detail wit
 Tilted faces and large ones still get the full similarity.
 
 Faces too large for the face model are left to the background upscale: when the crop would shrink
-the face below `min_zoom` (default 0.5: a face more than twice the size the model was trained on,
-e.g. wider than ~24 LR px for a 16 px crop) the face keeps its detection but gets a zero map and a
-zero crop, and face SR and paste skip it. A x4 face model fed a 40 px face cut down to 12 px would
-paste a blurrier face than the background upscale of the original 40 px.
+the face below `min_zoom` (default 0.7, the smallest zoom the face models were trained at: e.g.
+wider than ~16 LR px for a 16 px crop) the face keeps its detection but gets a zero map and a zero
+crop, and face SR and paste skip it. A x4 face model fed a 40 px face cut down to 12 px would paste
+a blurrier face than the background upscale of the original 40 px; measured in the frame on
+held-out CelebA/Helen faces (benchmarks/face_paste_quality.py --whole), 208 of the 210 faces
+shrunk by 0.5-0.7 lost against the plain `rayscale-x4` upscale (up to 5 dB), 2 gained 0.17-0.28 dB.
 
 Beside each crop goes the LR patch under it (its bounding rectangle plus `LR_MARGIN` pixels, for
 the bicubic's support): paste adds only the face model's detail to the bicubic upscale of that
@@ -110,7 +112,7 @@ class FaceAlign(Operator):
     reads = ("frames", "faces_count", "faces_landmarks", "faces_box")
     writes = ("faces_crops", "faces_affine", "faces_lr", "faces_lr_rect")
 
-    def __init__(self, crop_size: int = 16, template: str | np.ndarray = "utkface", min_zoom: float = 0.5,
+    def __init__(self, crop_size: int = 16, template: str | np.ndarray = "utkface", min_zoom: float = 0.7,
                  native_zoom: tuple[float, float] = (0.7, 2.5), native_tilt: float = 15.0):
         if isinstance(template, str):
             if template not in TEMPLATES:

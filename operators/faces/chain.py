@@ -17,7 +17,7 @@ from typing import Callable
 
 from .align import FaceAlign, template_for
 from .detect import FaceDetector
-from .paste import FacePaste
+from .paste import CONSISTENCY, FacePaste
 from .sr import FaceSR
 from .track import FaceTracker
 
@@ -26,7 +26,7 @@ Factory = Callable[[], object]
 
 def face_stages(face_model: str, face_weights: str | None = None, threshold: float = 0.7, min_size: float = 0.0,
                 detector_path: str | None = None, *, background: tuple[str, Factory], background_scale: int,
-                face_scale: int | None = None, crop_size: int = 16, template: str | None = None, min_zoom: float = 0.5,
+                face_scale: int | None = None, crop_size: int = 16, template: str | None = None, min_zoom: float = 0.7,
                 still: bool = False, device: str = "auto", precision: str = "fp32",
                 keep_crops: bool = False, upsample_to: int = 1280) -> list[tuple[str, Factory]]:
     """Stages of the face route, in order, with the background stage (name, factory) in its place.
@@ -37,6 +37,8 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
     min_zoom: faces the crop would shrink below this factor are left to the background upscale.
     still: images (every detection is its own track, no frame held back) instead of video.
     keep_crops: leave faces_crops / faces_restored in the batch after paste (for a gallery).
+    The `marker` model pastes every face (it shows where faces go); the others only faces that fit
+    the input no worse than the background (operators/faces/paste.py).
     upsample_to: small frames are upsampled for detection up to this long side (0: never; see
     operators/faces/detect.py for what it finds and costs)."""
     tracker = (partial(FaceTracker, min_track_length=1, max_gap=0, smooth=0, link=False) if still
@@ -50,5 +52,6 @@ def face_stages(face_model: str, face_weights: str | None = None, threshold: flo
         background,
         ("face_sr", partial(FaceSR, model=face_model, weights=face_weights, scale=face_scale, device=device,
                             precision=precision)),
-        ("face_paste", partial(FacePaste, background_scale=background_scale, keep_crops=keep_crops)),
+        ("face_paste", partial(FacePaste, background_scale=background_scale, keep_crops=keep_crops,
+                               consistency=None if face_model == "marker" else CONSISTENCY)),
     ]

@@ -14,7 +14,17 @@ with sigma 4% of its size (weight 1 from 18% to 82% of the crop, which holds the
 the crop's border, so no edge of the crop shows). Before blending the face is colour-matched to the
 background under the same mask in CIELAB: mean lightness, and mean and spread of the two chroma
 axes (a face model may sharpen, so the spread of lightness is left alone); a model with a colour
-cast or a brightness shift leaves no seam."""
+cast or a brightness shift leaves no seam.
+
+A pasted face must be founded on the input at least as well as the plain upscale: the face is
+kept only when the frame with it, reduced back to LR pixels (area mean), misses the LR pixels under
+the face by no more than `consistency` times what the background alone misses them by (mean
+squared error, weighted by the paste's mask); else the background upscale is left as it was. Why:
+there is no ground truth at run time, and a face model fed a face outside what it learnt (shrunk
+into its crop, or a detection that is no face) makes a face that no longer reduces to the input;
+measured on held-out CelebA/Helen faces in the frame (benchmarks/face_paste_quality.py --whole)
+faces that lose more than 0.35 dB against the background miss the input by 2.5-16x its misfit,
+faces that gain mostly by under 1.9x (benchmarks/README.md, "Face route quality ... per face")."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -23,6 +33,11 @@ import cv2
 import numpy as np
 
 from ..base import Batch, Operator
+
+CONSISTENCY = 2.0     # measured misfit ratios: faces that gain mostly < 1.9, faces that lose > 0.35 dB 2.5-16
+# misfit a face may have whatever the background's: the rounding of 8-bit pixels (half a level),
+# so a background that reduces to the input exactly does not make every face fail the test
+MISFIT_FLOOR = (0.5 / 255) ** 2
 
 
 def hr_map(affine: np.ndarray, background_scale: float, face_scale: float) -> np.ndarray:
@@ -61,26 +76,49 @@ def color_match(face: np.ndarray, bg: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.clip(cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)
 
 
+def misfit(hr: np.ndarray, wts: np.ndarray, lr: np.ndarray, at: tuple[int, int], s: int) -> float:
+    """Mean squared difference between hr reduced s times (area mean) and the LR pixels it covers,
+    weighted by wts reduced alike. hr, wts: an HR region whose top-left corner is `at` HR pixels
+    right of and below lr's; only the LR pixels hr covers whole count."""
+    ox, oy = -(-at[0] // s), -(-at[1] // s)                # first LR pixel wholly inside the region
+    nx, ny = (at[0] + hr.shape[1]) // s - ox, (at[1] + hr.shape[0]) // s - oy
+    if nx <= 0 or ny <= 0:
+        return 0.0
+    hx, hy = ox * s - at[0], oy * s - at[1]
+
+    def reduce(a):
+        return cv2.resize(np.ascontiguousarray(a[hy:hy + ny * s, hx:hx + nx * s]), (nx, ny),
+                          interpolation=cv2.INTER_AREA)
+    w = reduce(wts)
+    err = ((reduce(hr) - lr[oy:oy + ny, ox:ox + nx]) ** 2).mean(-1)
+    return float((w * err).sum() / max(float(w.sum()), 1e-6))
+
+
 class FacePaste(Operator):
     """frames (HR background) + faces_restored + faces_affine -> frames with faces pasted."""
 
     reads = ("frames", "faces_count", "faces_restored", "faces_affine", "faces_crops", "faces_lr", "faces_lr_rect")
-    writes = ("frames", "faces_restored", "faces_crops")
+    writes = ("frames", "faces_restored", "faces_crops", "faces_pasted")
 
-    def __init__(self, background_scale: int, color: str = "lab", keep_crops: bool = False, inplace: bool = False):
+    def __init__(self, background_scale: int, color: str = "lab", keep_crops: bool = False, inplace: bool = False,
+                 consistency: float | None = CONSISTENCY):
         """inplace: paste into the incoming frames array when it is writeable (it was made by the
         background stage in the same actor and nothing else holds it) instead of copying it; the
         copy of a batch of HR frames costs more than pasting its faces (measured on the shared CPU:
-        54 ms of the 80 ms per 2560x1440 frame with 8 faces)."""
+        54 ms of the 80 ms per 2560x1440 frame with 8 faces).
+        consistency: the largest ratio of the face's misfit to the LR input over the background's
+        (see the module's docstring); None pastes every face (the `marker` model, tests of geometry)."""
         if color not in ("lab", "none"):
             raise ValueError("face colour matching must be 'lab' or 'none'")
         self.background_scale, self.color, self.keep_crops = int(background_scale), color, keep_crops
         self.inplace = inplace
+        self.consistency = consistency
 
     def paste(self, frame: np.ndarray, restored: np.ndarray, crop: np.ndarray, affine: np.ndarray,
-              lr: np.ndarray, rect: np.ndarray) -> None:
-        """Blend one restored crop into frame (in place). affine: LR frame -> crop; lr: the LR patch
-        under the crop at its top-left corner; rect: its x0, y0, x1, y1 in the LR frame."""
+              lr: np.ndarray, rect: np.ndarray) -> bool:
+        """Blend one restored crop into frame (in place); False when the face was left out (it
+        fits the input worse than the background). affine: LR frame -> crop; lr: the LR patch under
+        the crop at its top-left corner; rect: its x0, y0, x1, y1 in the LR frame."""
         s, peak = self.background_scale, (255.0 if frame.dtype == np.uint8 else 65535.0)
         # the same cv2 bicubic for the crop and the patch (and the `identity` face model): integer
         # results, so a model that adds nothing gives a detail of exactly zero
@@ -100,7 +138,7 @@ class FacePaste(Operator):
         x1 = min(int(np.ceil(xy[:, 0].max())) + 1, lx1 * s, frame.shape[1])
         y1 = min(int(np.ceil(xy[:, 1].max())) + 1, ly1 * s, frame.shape[0])
         if x1 <= x0 or y1 <= y0:
-            return
+            return False
         m = m_hr.copy()
         m[:, 2] += m[:, :2] @ np.array([x0, y0], np.float64)
         flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
@@ -115,12 +153,19 @@ class FacePaste(Operator):
         face = np.clip(base + detail.reshape(base.shape), 0, 1)
         if self.color == "lab":
             face = color_match(face, bg, wts)
-        blend = bg + (face - bg) * wts[..., None]
-        roi[...] = np.clip(np.round(blend * peak), 0, peak).astype(frame.dtype)
+        blend = np.clip(np.round((bg + (face - bg) * wts[..., None]) * peak), 0, peak)
+        if self.consistency is not None:
+            inside, at = lr[:ly1 - ly0, :lx1 - lx0].astype(np.float32) / peak, (x0 - lx0 * s, y0 - ly0 * s)
+            limit = self.consistency * misfit(bg, wts, inside, at, s) + MISFIT_FLOOR
+            if misfit(blend / peak, wts, inside, at, s) > limit:
+                return False
+        roi[...] = blend.astype(frame.dtype)
+        return True
 
     def __call__(self, batch: Batch) -> Batch:
         frames = batch["frames"]
         restored, affine, count = batch["faces_restored"], batch["faces_affine"], batch["faces_count"]
+        pasted = np.zeros(affine.shape[:2], bool)
         if restored.shape[1] and affine.any():
             if not (self.inplace and frames.flags.writeable):
                 frames = frames.copy()
@@ -128,10 +173,10 @@ class FacePaste(Operator):
                 for j in range(int(count[i])):
                     if not affine[i, j].any():      # left to the background upscale (FaceAlign.min_zoom)
                         continue
-                    self.paste(frames[i], restored[i, j], batch["faces_crops"][i, j], affine[i, j],
-                               batch["faces_lr"][i, j], batch["faces_lr_rect"][i, j])
+                    pasted[i, j] = self.paste(frames[i], restored[i, j], batch["faces_crops"][i, j], affine[i, j],
+                                              batch["faces_lr"][i, j], batch["faces_lr_rect"][i, j])
         out = dict(batch)
-        out["frames"] = frames
+        out["frames"], out["faces_pasted"] = frames, pasted
         if not self.keep_crops:          # consumed here: the crops need not travel to the sink
             out.pop("faces_restored", None)
             out.pop("faces_crops", None)

@@ -128,12 +128,12 @@ class Runner:
                 pass
 
 
-def job_flags(script: str) -> set[str]:
-    """The long options a job script accepts, read from its --help (so this script works before
-    and after a flag lands)."""
+def job_switches(script: str) -> set[str]:
+    """The options without a value (`[--flag]` in its usage) a job script accepts, read from its
+    --help, so this script works before and after a flag lands."""
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / script), "--help"], capture_output=True,
                          text=True, cwd=ROOT).stdout
-    return set(re.findall(r"(--[a-z][a-z0-9-]+)", out))
+    return set(re.findall(r"\[(--[a-z][a-z0-9-]+)\]", out))
 
 
 # ------------------------------------------------------------------- oracles
@@ -256,6 +256,8 @@ class Tally:
     trials: int = 0
     kills: int = 0
     identical: int = 0
+    at_kill: list[int] = field(default_factory=list)   # outputs on disk at each kill
+    counted: str = "outputs"                             # what at_kill counts
     mismatches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -277,28 +279,32 @@ class Harness:
             raise SystemExit(f"the clean {what} run failed (exit {r.rc}):\n{r.log[-3000:]}")
         return r
 
-    def killed_then_rerun(self, first: list[str], rerun: list[str], window: float, tally: Tally) -> tuple[Run, str]:
+    def killed_then_rerun(self, first: list[str], rerun: list[str], window: float, tally: Tally,
+                          written=None) -> tuple[Run, str]:
         """Kill 1..max-kills runs in a row at uniform times over `window` (the first run with
         `first`, later ones with `rerun`), then rerun to completion. A run that ends before its
-        kill time is the final one. Returns the final run and the kill times, for the report."""
-        times = []
+        kill time is the final one. `written()` counts the outputs on disk, noted at each kill.
+        Returns the final run and what happened, for the report."""
+        kills = []
         for k in range(self.rng.randint(1, self.args.max_kills)):
             at = self.rng.uniform(0, window)
             r = self.runner.run(first if k == 0 else rerun, self.timeout, kill_after=at)
             if r.rc is not None:
-                return r, self.said(times, f"run {k + 1} ended before its kill at {at:.1f}s")
-            times.append(at)
+                kills.append(f"run {k + 1} ended before its kill at {at:.1f}s")
+                return r, "; ".join(kills)
             tally.kills += 1
-        return self.runner.run(rerun, self.timeout), self.said(times)
-
-    @staticmethod
-    def said(times: list[float], extra: str = "") -> str:
-        text = "killed at " + ", ".join(f"{t:.1f}s" for t in times) if times else "no kill"
-        return text + (f"; {extra}" if extra else "")
+            if written is None:
+                kills.append(f"killed at {at:.1f}s")
+            else:
+                tally.at_kill.append(written())
+                kills.append(f"killed at {at:.1f}s with {tally.at_kill[-1]} written")
+        return self.runner.run(rerun, self.timeout), "; ".join(kills)
 
     def record(self, tally: Tally, trial: int, how: str, final: Run, reasons: list[str]) -> None:
         tally.trials += 1
-        if final.rc != 0:
+        if final.rc == -9:
+            reasons = [f"final rerun hung: no exit in {self.timeout:.0f}s"] + reasons
+        elif final.rc != 0:
             last = [x for x in final.log.strip().splitlines() if "Token authentication" not in x][-1:]
             reasons = [f"final rerun exit {final.rc}: {last[0][:160] if last else ''}"] + reasons
         if reasons:
@@ -321,7 +327,7 @@ class Harness:
         for t in range(1, self.args.trials + 1):
             dst = self.work / "images" / f"trial{t}"
             cmd = self.image_cmd(src, dst)
-            final, how = self.killed_then_rerun(cmd, cmd, clean.seconds, tally)
+            final, how = self.killed_then_rerun(cmd, cmd, clean.seconds, tally, lambda: len(tree(dst)))
             self.record(tally, t, how, final, diff_trees(ref, tree(dst)))
             self.tidy(dst)
         return tally
@@ -329,8 +335,8 @@ class Harness:
     # dataset ---------------------------------------------------------------------------------
     def dataset(self) -> Tally:
         tally = Tally("dataset")
-        flags = job_flags("upscale_dataset.py")
-        extra = [f for f in ("--verify-content", "--delete-missing") if f in flags]
+        switches = job_switches("upscale_dataset.py")
+        extra = [f for f in ("--verify-content", "--delete-missing") if f in switches]
         tally.notes.append("dataset: job flags used: " + (" ".join(extra) or "none of --verify-content, "
                                                            "--delete-missing (not in --help)"))
         base = self.work / "dataset" / "base"
@@ -343,7 +349,7 @@ class Harness:
             src, dst = root / "src", root / "dst"
             shutil.copytree(base, src)   # copy2: mtimes kept, as a synced folder has
             cmd = self.dataset_cmd(src, dst, extra)
-            final, how = self.killed_then_rerun(cmd, cmd, clean.seconds, tally)
+            final, how = self.killed_then_rerun(cmd, cmd, clean.seconds, tally, lambda: len(tree(dst)))
             before = tree(dst)
             reasons = [f"first run: {r}" for r in diff_trees(ref, before)]
             if final.rc != 0:
@@ -354,7 +360,7 @@ class Harness:
             expected = tree(edited_ref)
             if "--delete-missing" not in extra and deleted in before:
                 expected[deleted] = before[deleted]   # kept as it was, reported as deleted
-            final, how2 = self.killed_then_rerun(cmd, cmd, clean.seconds, tally)
+            final, how2 = self.killed_then_rerun(cmd, cmd, clean.seconds, tally, lambda: len(tree(dst)))
             reasons += [f"after edits ({edits}): {r}" for r in diff_trees(expected, tree(dst))]
             self.record(tally, t, f"first run {how}; after edits {how2}", final, reasons)
             self.tidy(root)
@@ -378,8 +384,11 @@ class Harness:
             bmps = [name(k) for k in range(n) if name(k).endswith(".bmp") and name(k) not in (replaced, deleted)]
             target = src / self.rng.choice(bmps)
             st = target.stat()
-            k = int(target.stem[1:])
-            picture(k, variant=trial + 1).save(target)
+            k, old = int(target.stem[1:]), sha256(target)
+            for variant in range(trial + 1, trial + 9):   # another crop, of other pixels
+                picture(k, variant).save(target)
+                if sha256(target) != old:
+                    break
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))   # what cp -p / rsync -t keep
             assert target.stat().st_size == st.st_size, "a BMP of the same shape has the same size"
             done.append(f"same size+mtime {target.name}")
@@ -391,7 +400,7 @@ class Harness:
                         "--segment-frames", "12", *(["--resume"] if resume else []))
 
     def video_faces(self) -> Tally:
-        tally = Tally("video-faces")
+        tally = Tally("video-faces", counted="segment files (OUT.parts/*.seg)")
         if not (SHARED / "data" / "faces").is_dir():
             tally.notes.append(f"video-faces: skipped, needs the face photos in {SHARED / 'data' / 'faces'}")
             return tally
@@ -410,8 +419,9 @@ class Harness:
         for t in range(1, self.args.trials + 1):
             out = self.work / "video" / f"trial{t}" / "out.mp4"
             out.parent.mkdir()
+            segments = lambda: len(list(out.parent.glob("*.parts/*.seg")))  # noqa: E731
             final, how = self.killed_then_rerun(self.video_cmd(clip, out, False), self.video_cmd(clip, out, True),
-                                                clean.seconds, tally)
+                                                clean.seconds, tally, segments)
             reasons = []
             if out.is_file():
                 got = video_facts(out)
@@ -447,6 +457,8 @@ def report(tallies: list[Tally], leftovers: int) -> int:
     for t in tallies:
         for note in t.notes:
             print(note)
+        if t.at_kill:
+            print(f"{t.job}: {t.counted} on disk at each kill: {', '.join(map(str, t.at_kill))}")
         for m in t.mismatches:
             print(f"mismatch: {t.job} {m}")
     if leftovers:

@@ -51,9 +51,10 @@ def test_a_kill_reaches_the_whole_process_group(tmp_path):
     assert runner.run(["sh", "-c", "exit 3"], timeout=30).rc == 3
 
 
-def test_job_flags_are_read_from_help():
-    flags = faults.job_flags("upscale_images.py")
-    assert {"--group-size", "--scale", "--overwrite"} <= flags and "--resume" not in flags
+def test_job_switches_are_read_from_help():
+    switches = faults.job_switches("upscale_images.py")
+    assert {"--overwrite", "--dry-run", "--faces"} <= switches      # options without a value
+    assert "--scale" not in switches and "--resume" not in switches  # one with a value; one it lacks
 
 
 @pytest.mark.slow

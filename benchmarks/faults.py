@@ -54,6 +54,7 @@ SHAPES = ((48, 40), (40, 32), (56, 48))   # (w, h): three shapes, so a group hol
 EXTS = ("png", "jpg", "bmp")              # BMP: same size for the same shape, for the cp -p edit
 MARKER = "RAYSCALE_FAULTS_RUN"
 SETTLE_S = 60.0
+RAY_LINE = re.compile(r"\(raylet\)|\(\w+ pid=|Token authentication|\x1b\[")   # Ray's own log lines
 
 
 # ------------------------------------------------------------------- running and killing jobs
@@ -136,6 +137,14 @@ def job_switches(script: str) -> set[str]:
     return set(re.findall(r"\[(--[a-z][a-z0-9-]+)\]", out))
 
 
+def job_said(log: str) -> str:
+    """The job's own words on why it failed: its first `failed:` line and its last line, less
+    the lines Ray prints beside them."""
+    lines = [x for x in log.splitlines() if x.strip() and not RAY_LINE.search(x)]
+    failed = [x for x in lines if x.startswith("failed:")][:1]
+    return " / ".join(x[:200] for x in failed + [x for x in lines[-1:] if x not in failed])
+
+
 # ------------------------------------------------------------------- oracles
 
 def sha256(path: Path) -> str:
@@ -180,6 +189,11 @@ def video_facts(path: Path) -> dict:
             pts.append(f.pts)
             frames.append(hashlib.sha256(f.to_ndarray().tobytes()).hexdigest())
     return {"pts": pts, "frames": frames, "sha256": sha256(path)}
+
+
+def segment_files(out: Path) -> int:
+    """Segment files a video job writing OUT has on disk (kept for --resume)."""
+    return len(list(Path(f"{out}.parts").glob("*.seg")))
 
 
 def faces_rows(table: Path) -> list[tuple] | None:
@@ -305,8 +319,7 @@ class Harness:
         if final.rc == -9:
             reasons = [f"final rerun hung: no exit in {self.timeout:.0f}s"] + reasons
         elif final.rc != 0:
-            last = [x for x in final.log.strip().splitlines() if "Token authentication" not in x][-1:]
-            reasons = [f"final rerun exit {final.rc}: {last[0][:160] if last else ''}"] + reasons
+            reasons = [f"final rerun exit {final.rc}: {job_said(final.log)}"] + reasons
         if reasons:
             tally.mismatches.append(f"trial {trial} ({how}): " + "; ".join(reasons))
         else:
@@ -419,9 +432,8 @@ class Harness:
         for t in range(1, self.args.trials + 1):
             out = self.work / "video" / f"trial{t}" / "out.mp4"
             out.parent.mkdir()
-            segments = lambda: len(list(out.parent.glob("*.parts/*.seg")))  # noqa: E731
             final, how = self.killed_then_rerun(self.video_cmd(clip, out, False), self.video_cmd(clip, out, True),
-                                                clean.seconds, tally, segments)
+                                                clean.seconds, tally, lambda: segment_files(out))
             reasons = []
             if out.is_file():
                 got = video_facts(out)

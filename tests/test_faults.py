@@ -57,6 +57,15 @@ def test_job_switches_are_read_from_help():
     assert "--scale" not in switches and "--resume" not in switches  # one with a value; one it lacks
 
 
+def test_a_failed_rerun_is_said_in_the_jobs_words_not_rays():
+    log = ("Token authentication is enabled for this Ray cluster.\n"
+           "failed: in.mp4: seg-00003: Invalid argument\n"
+           "out.mp4: not written: 1 segment(s) failed\n"
+           "\x1b[33m(raylet)\x1b[0m Task OperatorActor.process failed. There are 2 retries remaining\n")
+    said = "failed: in.mp4: seg-00003: Invalid argument / out.mp4: not written: 1 segment(s) failed"
+    assert faults.job_said(log) == said
+
+
 @pytest.mark.slow
 def test_one_kill_and_rerun_of_the_image_job_is_identical_to_a_clean_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))

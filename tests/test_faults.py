@@ -57,6 +57,21 @@ def test_job_switches_are_read_from_help():
     assert "--scale" not in switches and "--resume" not in switches  # one with a value; one it lacks
 
 
+def test_source_edits_between_dataset_runs(tmp_path):
+    args = faults.parse_args(["--images", "9", "--seed", "5", "--work", str(tmp_path)])
+    src = tmp_path / "src"
+    faults.make_images(src, 9)
+    before = {p.name: (p.stat().st_size, p.stat().st_mtime_ns, faults.sha256(p)) for p in src.iterdir()}
+    done, deleted = faults.Harness(args, tmp_path).edit(src, 1, same_stat=True)
+    after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns, faults.sha256(p)) for p in src.iterdir()}
+    assert deleted in before and deleted not in after and set(after) - set(before) == {"added1.png"}
+    replaced = re.search(r"replaced (\S+),", done)[1]
+    assert after[replaced][0] != before[replaced][0]                  # another picture, another size
+    same = re.search(r"same size\+mtime (\S+)$", done)[1]
+    assert same.endswith(".bmp") and after[same][:2] == before[same][:2] and after[same][2] != before[same][2]
+    assert sum(after[k] != before[k] for k in before if k in after) == 2   # nothing else touched
+
+
 def test_a_failed_rerun_is_said_in_the_jobs_words_not_rays():
     log = ("Token authentication is enabled for this Ray cluster.\n"
            "failed: in.mp4: seg-00003: Invalid argument\n"

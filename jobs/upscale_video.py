@@ -65,7 +65,10 @@ def main(argv=None) -> int:
     check_job_paths(input=args.input, output=args.output, weights=args.weights,
                     model=args.model if args.model and looks_like_path(args.model) else None)
     validate_input(args.input)
-    validate_output(args.output, args.input, overwrite=args.overwrite)
+    # an OUT beside this job's own work folder is this job's: a kill after the output was renamed
+    # into place but before the work was cleared (faces table, clean-up) is finished by --resume
+    own_output = args.resume and (work_dir(args.output) / "manifest").is_dir()
+    validate_output(args.output, args.input, overwrite=args.overwrite or own_output)
     check_output(args.output)
     model = args.model or default_model(args.scale)
     degradation = degradation_of(args)

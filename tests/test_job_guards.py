@@ -329,12 +329,19 @@ def _sha_and_mtime(path: Path) -> tuple[str, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
 
 
+def _frame_hashes(path) -> list[str]:
+    import hashlib
+    with av.open(str(path)) as c:
+        return [hashlib.sha256(f.to_ndarray(format="rgb24").tobytes()).hexdigest() for f in c.decode(video=0)]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path):
     """SIGTERM once segments are finished: exit 143 and one line on stderr (Ray's handler aborted
     with a crash dump, exit -6); `--resume` then reuses the finished segment files as they are
     (same bytes, not rewritten) and the output has every source frame, counted with PyAV. Both
-    runs keep the embedded Ray quiet: no token-auth banner, no (raylet) lines, no colour codes."""
+    runs keep the embedded Ray quiet: no token-auth banner, no (raylet) lines, no colour codes. A
+    third `--resume` over the written OUT and its kept work folder finishes without --overwrite."""
     from pipeline.manifest import Manifest
     src = make_clip(str(tmp_path / "in.mp4"), frames=48, gop=6)
     out = tmp_path / "o.mkv"
@@ -371,3 +378,12 @@ def test_sigterm_stops_like_ctrl_c_and_resume_finishes(tmp_path):
     assert {name: _sha_and_mtime(parts / f"{name}.seg") for name in done} == kept   # reused, not redone
     with av.open(src) as a, av.open(str(out)) as b:
         assert sum(1 for _ in b.decode(video=0)) == sum(1 for _ in a.decode(video=0)) == 48
+
+    # OUT written and the work folder still there (--keep-work here; a kill between the output's
+    # rename and the clean-up leaves the same): --resume finishes the job without --overwrite,
+    # from the kept segments, to the same frames
+    frames = _frame_hashes(out)
+    res = subprocess.run([sys.executable, str(ROOT / "jobs" / "upscale_video.py"), *args[:-1], "--resume"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _frame_hashes(out) == frames and not parts.exists()

@@ -81,8 +81,22 @@ def connect_ray(args) -> None:
     _stop_on_sigterm()
     if held is not None:
         _quiet_embedded_ray(ray, held)
+        _OWN_RAY.append(True)
     if reaper is not None:
         _tell_reaper(reaper)
+
+
+_OWN_RAY: list[bool] = []    # this job started the Ray it runs on (the embedded, private one)
+
+
+def end_ray() -> None:
+    """Stop the embedded Ray now rather than at exit (seconds of shutdown), so that what a job
+    removes after it (a finished video's work folder) is removed only once nothing is left to kill.
+    A Ray the job joined (a cluster, the test suite's) is left running."""
+    if _OWN_RAY:
+        import ray
+        ray.shutdown()
+        _OWN_RAY.clear()
 
 
 # ------------------------------------------------------------------- stopping and quiet

@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 from jobs.stages import (add_compute_args, add_model_args, annotation_options, build_stages,  # noqa: E402
                          degradation_of)
 from jobs.common import (add_ray_args, check_job_paths, connect_ray, default_model,  # noqa: E402
-                         exit_on_input_error, looks_like_path, validate_input, validate_model, validate_output)
+                         end_ray, exit_on_input_error, looks_like_path, validate_input, validate_model,
+                         validate_output)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     with JobLock(wdir):  # one job per output: a second one is refused, not let loose in the same work folder
         had_work = wdir.exists()
         try:
-            return _run(args, model, degradation, info)
+            code = _run(args, model, degradation, info)
         except BaseException as e:
             from models import CheckpointError, UnknownCheckpoint
             from pipeline.errors import InputError
@@ -97,6 +98,13 @@ def main(argv=None) -> int:
                 import shutil
                 shutil.rmtree(wdir, ignore_errors=True)  # refused: leave nothing behind
             raise
+        if code in (0, 3) and not args.keep_work:
+            # the work folder goes last, after Ray's shutdown: a job killed before it is gone is
+            # still one --resume finishes (OUT kept), not a finished OUT that --resume refuses
+            end_ray()
+            import shutil
+            shutil.rmtree(wdir, ignore_errors=True)
+        return code
 
 
 def _check_output_size(args, model: str):
@@ -139,7 +147,7 @@ def _run(args, model: str, degradation: dict, info) -> int:
     job = VideoJob(args.input, args.output, stages,
                    encode=EncodeSettings(args.encoder, args.crf, args.preset, args.pix_fmt),
                    batch_size=args.batch_size, segment_frames=args.segment_frames,
-                   start=args.start, end=args.end, resume=args.resume, keep_work=args.keep_work,
+                   start=args.start, end=args.end, resume=args.resume, keep_work=True,   # main() removes it
                    progress=not args.no_progress, fuse=not args.no_fuse, annotations=ann)
     try:
         summary = run(job)

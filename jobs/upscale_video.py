@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -95,14 +96,12 @@ def main(argv=None) -> int:
             from models import CheckpointError, UnknownCheckpoint
             from pipeline.errors import InputError
             if isinstance(e, (InputError, CheckpointError, UnknownCheckpoint)) and not had_work:
-                import shutil
                 shutil.rmtree(wdir, ignore_errors=True)  # refused: leave nothing behind
             raise
         if code in (0, 3) and not args.keep_work:
             # the work folder goes last, after Ray's shutdown: a job killed before it is gone is
             # still one --resume finishes (OUT kept), not a finished OUT that --resume refuses
             end_ray()
-            import shutil
             shutil.rmtree(wdir, ignore_errors=True)
         return code
 

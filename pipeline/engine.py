@@ -720,12 +720,17 @@ class _Scheduler:
 
     def _entry_row(self, e: Entry, **kw) -> dict:
         # an attempt counts once it ended against the item (done, or an error recorded): a job
-        # killed around a running item costs it none, so kills never use up --max-attempts
-        ended = kw.get("status") != "running"
+        # killed around a running item, or stopped by a full disk (pending), costs it none
+        ended = kw.get("status") in ("done", "failed")
         row = {"item": e.id, "kind": e.kind, "path": e.path, "size": e.size, "mtime": e.mtime,
                "hash": e.hash, "attempts": e.attempts + ended}
         row.update(kw)
         return row
+
+    def _failed_row(self, e: Entry, line: str) -> dict:
+        """An entry that failed: its line in the summary, its row for the manifest."""
+        self.summary.failed.append(line)
+        return self._entry_row(e, status="failed", error=line)
 
     def open(self, item: Item) -> None:
         writer = self._writer()
@@ -766,8 +771,7 @@ class _Scheduler:
                 where = e.path or e.id
                 line = error if error.startswith(where) else (
                     f"{where}: {e.id}: {error}" if e.kind == "segment" else f"{where}: {error}")
-                self.summary.failed.append(line)
-                rows_out.append(self._entry_row(e, status="failed", error=line))
+                rows_out.append(self._failed_row(e, line))
             self._manifest(rows_out, durable=True)
             return
         self.free_writers.append(st.writer)
@@ -775,14 +779,12 @@ class _Scheduler:
         rows_out = []
         for e in item.entries:
             if e.id in st.failed:
-                self.summary.failed.append(st.failed[e.id])
-                rows_out.append(self._entry_row(e, status="failed", error=st.failed[e.id]))
+                rows_out.append(self._failed_row(e, st.failed[e.id]))
                 continue
             res = results.get(e.id)
             if res is None:
                 msg = f"{e.path or e.id}: produced no output"
-                self.summary.failed.append(msg)
-                rows_out.append(self._entry_row(e, status="failed", error=msg))
+                rows_out.append(self._failed_row(e, msg))
                 continue
             res = dict(res)
             # the entry's own (an image's read and write notes, its estimate), each naming its file
@@ -826,14 +828,8 @@ class _Scheduler:
         """An item the job stopped on (disk full): its bad entries keep their own reasons; the
         others go back to pending with the attempts they had (the item did not fail, the disk
         did; what of it reached the disk is redone by the next run)."""
-        rows = []
-        for e in st.item.entries:
-            if e.id in st.failed:
-                self.summary.failed.append(st.failed[e.id])
-                rows.append(self._entry_row(e, status="failed", error=st.failed[e.id]))
-            else:
-                rows.append(self._entry_row(e, status="pending", attempts=e.attempts))
-        self._manifest(rows, durable=True)
+        self._manifest([self._failed_row(e, st.failed[e.id]) if e.id in st.failed
+                        else self._entry_row(e, status="pending") for e in st.item.entries], durable=True)
 
     def on_ack(self, ack) -> None:
         st, slots = self.ack_owner.pop(ack)
